@@ -1,0 +1,1 @@
+"""The `tcam-ray` command line (installed as `tcam_ray.cli`)."""

@@ -1,0 +1,32 @@
+"""`tcam-ray`: one verb per user job. Each verb is a thin call into the tcam_ray library."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from tcam_ray.config import ConfigError
+from tcam_ray.data import DatasetError
+
+from . import config_cmd, index, synth
+from .common import stderr
+
+app = typer.Typer(
+    name="tcam-ray",
+    help="Weakly-supervised video object localization with TCAM, on Ray. "
+    "Every verb takes --config FILE and --set section.key=value overrides.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(synth.synth)
+app.command()(index.index)
+app.command()(config_cmd.config)
+
+
+def main() -> None:
+    try:
+        app()
+    except (ConfigError, DatasetError) as err:
+        stderr.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,43 @@
+"""What every verb shares: --config/--set, error reporting, progress bars."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tcam_ray.config import Config, load, resolve_paths
+
+stderr = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="YAML config file (may name one `base:` file).", show_default=False),
+]
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override one key, e.g. --set dataset.root=/data/yto (repeatable).",
+                 show_default=False),
+]
+
+
+def load_config(config: Path | None, sets: list[str] | None, **flags) -> Config:
+    """Defaults <- --config file <- --set overrides <- this verb's own flags (given ones only).
+
+    `flags` maps dotted keys to values; None means the flag was not given.
+    """
+    overrides = list(sets or [])
+    overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
+    return resolve_paths(load(config, overrides))
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None) -> Iterator:
+    """Yields (advance(n), set_total(n)); draws on stderr."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=stderr, transient=False) as progress:
+        task = progress.add_task(description, total=total)
+        yield (lambda n=1: progress.advance(task, n)), (lambda n: progress.update(task, total=n))

@@ -1,0 +1,54 @@
+"""Typed configs: `load(path, overrides)` gives a `Config`; `to_dict`/`from_dict` cross processes."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterable
+
+from .loader import ConfigError, dump_config, from_dict, to_dict
+from .loader import load_config as _load_config
+from .schema import Config, DatasetConfig, RunConfig, SynthConfig
+
+__all__ = [
+    "Config", "ConfigError", "DatasetConfig", "RunConfig", "SynthConfig",
+    "config_from_dict", "dump_config", "load", "resolve_paths", "to_dict",
+]
+
+
+def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Defaults <- YAML file (and its `base:`) <- `--set section.key=value` overrides."""
+    return _load_config(Config, path, overrides)
+
+
+def config_from_dict(data: dict) -> Config:
+    """The typed config from its plain dict (as received by a Ray worker)."""
+    return from_dict(Config, data)
+
+
+def resolve_paths(cfg: Config, cwd: str | Path | None = None) -> Config:
+    """The config with its local paths made absolute (Ray workers run in other folders)
+    and the dataset's metadata folder filled in ({root}/metadata by default)."""
+    cwd = Path(cwd or Path.cwd())
+    root = (cwd / cfg.dataset.root).resolve()
+    metadata = resolve_metadata(cfg.dataset.metadata, root, cwd)
+    dataset = dataclasses.replace(cfg.dataset, root=str(root), metadata=str(metadata))
+    run = dataclasses.replace(cfg.run, root=str((cwd / cfg.run.root).resolve()))
+    return dataclasses.replace(cfg, dataset=dataset, run=run)
+
+
+PACKAGED_METADATA = Path(__file__).resolve().parent.parent / "data" / "metadata"
+PACKAGED_PREFIX = "package:"
+
+
+def resolve_metadata(metadata: str | None, root: Path, cwd: Path) -> Path:
+    """{root}/metadata by default; `package:NAME` names split files shipped with tcam-ray."""
+    if not metadata:
+        return root / "metadata"
+    if metadata.startswith(PACKAGED_PREFIX):
+        name = metadata[len(PACKAGED_PREFIX):]
+        folder = PACKAGED_METADATA / name
+        if not folder.is_dir():
+            shipped = sorted(p.name for p in PACKAGED_METADATA.iterdir() if p.is_dir())
+            raise ConfigError(f"config key 'dataset.metadata': no packaged metadata {name!r}; shipped: {', '.join(shipped)}")
+        return folder
+    return (cwd / metadata).resolve()

@@ -1,0 +1,276 @@
+"""Typed YAML configs: dataclass schemas, one `base:` include, dotted overrides.
+
+A config file is a nested YAML mapping mirroring the dataclasses of
+`tcam_ray.config.schema`. Loading is strict: an unknown key or a value of the
+wrong type is a `ConfigError` that names the key (dotted), the file it came
+from, and the closest valid key. A file may name one `base:` file (relative to
+itself) whose values it overrides; a base cannot have a base of its own.
+
+Across process boundaries (Ray workers, Tune trials) a config travels as the
+plain nested dict of `to_dict`, and `from_dict` rebuilds the typed object.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+T = TypeVar("T")
+BASE_KEY = "base"
+
+
+class ConfigError(ValueError):
+    """A config file, override or value that does not fit the schema."""
+
+
+def read_yaml_mapping(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_file(path: str | Path) -> tuple[dict, list[Path]]:
+    """The raw mapping of a config file with its `base:` (if any) merged under it,
+    and the files it came from."""
+    path = Path(path)
+    data = read_yaml_mapping(path)
+    base_name = data.pop(BASE_KEY, None)
+    if base_name is None:
+        return data, [path]
+    if not isinstance(base_name, str):
+        raise ConfigError(f"{path}: '{BASE_KEY}' must be one file name, got {base_name!r}")
+    base_path = (path.parent / base_name).resolve()
+    base = read_yaml_mapping(base_path)
+    if BASE_KEY in base:
+        raise ConfigError(
+            f"{base_path}: a base config cannot name a base of its own "
+            f"(it is the base of {path}); merge the two files instead"
+        )
+    return deep_merge(base, data), [path, base_path]
+
+
+# --------------------------------------------------------------------------- schema walking
+
+
+def schema_fields(schema: type) -> dict[str, tuple[type, dataclasses.Field]]:
+    hints = typing.get_type_hints(schema)
+    return {f.name: (hints[f.name], f) for f in dataclasses.fields(schema)}
+
+
+def closest_name(name: str, valid: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+def unknown_key_error(dotted: str, valid: Iterable[str], origin: str) -> ConfigError:
+    parent, _, name = dotted.rpartition(".")
+    prefix = f"{parent}." if parent else ""
+    close = closest_name(name, valid)
+    hint = f"did you mean '{prefix}{close}'?" if close else "valid keys here: " + ", ".join(sorted(valid))
+    return ConfigError(f"unknown config key '{dotted}'{origin}; {hint}")
+
+
+def type_at_path(schema: type, dotted: str, origin: str = "") -> type:
+    """The annotated type of a dotted key, or a ConfigError naming the closest key."""
+    current: Any = schema
+    walked = []
+    for part in dotted.split("."):
+        walked.append(part)
+        if not (isinstance(current, type) and dataclasses.is_dataclass(current)):
+            raise ConfigError(f"config key '{'.'.join(walked[:-1])}' has no sub-keys{origin}")
+        fields = schema_fields(current)
+        if part not in fields:
+            raise unknown_key_error(".".join(walked), fields, origin)
+        current = fields[part][0]
+    return current
+
+
+# --------------------------------------------------------------------------- typing values
+
+
+def type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    if is_union(tp):
+        return " or ".join(type_name(a) for a in get_args(tp))
+    origin = get_origin(tp)
+    if origin in (list, tuple):
+        args = get_args(tp)
+        return f"a list of {type_name(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def is_union(tp: Any) -> bool:
+    return get_origin(tp) in (Union, types.UnionType)
+
+
+def coerce(value: Any, tp: Any, key: str, origin: str = "") -> Any:
+    """`value` checked (and safely converted) to the annotated type `tp`."""
+    kind = get_origin(tp)
+
+    def wrong() -> ConfigError:
+        return ConfigError(f"config key '{key}'{origin}: expected {type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise wrong()
+        return from_dict(tp, value, prefix=key, origin=origin)
+    if is_union(tp):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, key, origin)
+            except ConfigError:
+                pass
+        raise wrong()
+    if kind is Literal:
+        if value in get_args(tp):
+            return value
+        close = closest_name(str(value), [str(a) for a in get_args(tp)])
+        suffix = f"; did you mean {close!r}?" if close else ""
+        raise ConfigError(f"config key '{key}'{origin}: {value!r} is not {type_name(tp)}{suffix}")
+    if kind in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise wrong()
+        (item_type,) = get_args(tp)[:1] or (Any,)
+        items = [coerce(v, item_type, f"{key}[{i}]", origin) for i, v in enumerate(value)]
+        return items if kind is list else tuple(items)
+    if kind is dict:
+        if not isinstance(value, dict):
+            raise wrong()
+        _, value_type = get_args(tp) or (str, Any)
+        return {str(k): coerce(v, value_type, f"{key}.{k}", origin) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise wrong()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise wrong()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise wrong()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise wrong()
+    raise ConfigError(f"config key '{key}': unsupported annotation {tp!r} in the schema")
+
+
+def from_dict(schema: type[T], data: dict, prefix: str = "", origin: str = "") -> T:
+    """Build the dataclass `schema` from a nested dict, rejecting unknown keys and bad types."""
+    fields = schema_fields(schema)
+    values = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise unknown_key_error(dotted, fields, origin)
+        values[key] = coerce(value, fields[key][0], dotted, origin)
+    try:
+        return schema(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config section '{prefix or '<top>'}'{origin}: {err}") from None
+
+
+def to_dict(config: Any) -> dict:
+    """The plain nested dict of a config (what crosses to Ray workers and Tune)."""
+    return dataclasses.asdict(config)
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    return key, value
+
+
+def override_value(raw: str, tp: Any) -> Any:
+    """A command-line string as the value YAML would give it; plain strings stay verbatim."""
+    if tp is str:
+        return raw
+    if is_union(tp) and str in get_args(tp):
+        return None if raw.strip() in ("", "null", "~") else raw
+    try:
+        return yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        return raw
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[leaf] = value
+
+
+def apply_overrides(schema: type, data: dict, overrides: Iterable[str]) -> dict:
+    data = dict(data)
+    for text in overrides:
+        key, raw = parse_override(text)
+        tp = type_at_path(schema, key, origin=f" (in --set {text})")
+        set_dotted(data, key, override_value(raw, tp))
+    return data
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
+    """Schema defaults <- config file (with its base) <- `--set key=value` overrides."""
+    data, sources = read_config_file(path) if path is not None else ({}, [])
+    data = apply_overrides(schema, data, overrides)
+    origin = f" (in {' or its base '.join(map(str, sources))}, or --set)" if sources else ""
+    return from_dict(schema, data, origin=origin)
+
+
+def dump_config(config: Any) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

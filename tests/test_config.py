@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tcam_ray import config as C
+from tcam_ray.config import Config, ConfigError, config_from_dict, load, resolve_paths, to_dict
+from tcam_ray.runs import create_run_dir
+
+from .conftest import REPO, YTOV1_METADATA
+
+
+def write(path: Path, data) -> Path:
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load(path)
+    assert isinstance(cfg, Config)
+
+
+def test_defaults_without_a_file():
+    cfg = load()
+    assert cfg.synth.classes == 4 and cfg.dataset.metadata is None
+
+
+def test_unknown_key_in_file_names_key_file_and_closest(tmp_path):
+    path = write(tmp_path / "c.yaml", {"dataset": {"rot": "x"}})
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    message = str(err.value)
+    assert "'dataset.rot'" in message and str(path) in message and "did you mean 'dataset.root'?" in message
+
+
+def test_unknown_section_suggests_section(tmp_path):
+    path = write(tmp_path / "c.yaml", {"synt": {"classes": 3}})
+    with pytest.raises(ConfigError, match=r"unknown config key 'synt'.*did you mean 'synth'"):
+        load(path)
+
+
+def test_unknown_key_far_from_everything_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"valid keys here: .*classes.*videos"):
+        load(overrides=["synth.zzzzzzz=1"])
+
+
+def test_unknown_override_key_names_the_override():
+    with pytest.raises(ConfigError, match=r"'synth.clases' \(in --set synth.clases=3\); did you mean 'synth.classes'"):
+        load(overrides=["synth.clases=3"])
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("synth.classes=abc", r"'synth.classes': expected int, got 'abc'"),
+        ("synth.classes=2.5", r"'synth.classes': expected int, got 2.5"),
+        ("synth.classes=true", r"'synth.classes': expected int, got True"),
+        ("synth.aspect=wide", r"'synth.aspect': expected float"),
+        ("dataset.probe_frames=al", r"'dataset.probe_frames': 'al' is not one of 'all', 'first'; did you mean 'all'"),
+        ("synth.classes=40", r"'synth.classes': must be between 1 and 12, got 40"),
+        ("synth.classes.x=1", r"'synth.classes' has no sub-keys"),
+    ],
+)
+def test_wrong_values_are_rejected_with_the_key(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load(overrides=[override])
+
+
+def test_wrong_type_in_file(tmp_path):
+    path = write(tmp_path / "c.yaml", {"synth": {"size": [96, 128]}})
+    with pytest.raises(ConfigError, match=r"'synth.size' \(in .*c.yaml, or --set\): expected int, got \[96, 128\]"):
+        load(path)
+
+
+def test_a_section_given_a_scalar_is_rejected(tmp_path):
+    path = write(tmp_path / "c.yaml", {"dataset": "somewhere"})
+    with pytest.raises(ConfigError, match=r"'dataset' \(in .*c.yaml.*\): expected DatasetConfig, got 'somewhere'"):
+        load(path)
+
+
+def test_override_values_are_typed_like_yaml():
+    cfg = load(overrides=["synth.aspect=1e0", "dataset.name=123", "dataset.metadata=null", "synth.size=64"])
+    assert cfg.synth.aspect == 1.0 and cfg.dataset.name == "123" and cfg.dataset.metadata is None
+    assert cfg.synth.size == 64
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        load(overrides=["synth.size"])
+
+
+def test_base_include_merges_and_the_file_wins(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "base.yaml", {"synth": {"classes": 2, "size": 64}, "dataset": {"name": "from-base"}})
+    child = write(tmp_path / "sub" / "child.yaml", {"base": "../base.yaml", "synth": {"size": 80}})
+    cfg = load(child)
+    assert (cfg.synth.classes, cfg.synth.size, cfg.dataset.name) == (2, 80, "from-base")
+
+
+def test_overrides_win_over_file_and_base(tmp_path):
+    write(tmp_path / "base.yaml", {"synth": {"classes": 2}})
+    child = write(tmp_path / "child.yaml", {"base": "base.yaml", "synth": {"classes": 3}})
+    assert load(child, ["synth.classes=5"]).synth.classes == 5
+
+
+def test_base_of_a_base_is_refused(tmp_path):
+    write(tmp_path / "a.yaml", {"synth": {"classes": 2}})
+    write(tmp_path / "b.yaml", {"base": "a.yaml"})
+    child = write(tmp_path / "c.yaml", {"base": "b.yaml"})
+    with pytest.raises(ConfigError, match=r"b.yaml: a base config cannot name a base of its own"):
+        load(child)
+
+
+def test_several_bases_are_refused(tmp_path):
+    child = write(tmp_path / "c.yaml", {"base": ["a.yaml", "b.yaml"]})
+    with pytest.raises(ConfigError, match=r"'base' must be one file name"):
+        load(child)
+
+
+def test_missing_base_and_bad_yaml_name_the_file(tmp_path):
+    child = write(tmp_path / "c.yaml", {"base": "nowhere.yaml"})
+    with pytest.raises(ConfigError, match=r"config file not found: .*nowhere.yaml"):
+        load(child)
+    broken = write(tmp_path / "broken.yaml", "synth: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML"):
+        load(broken)
+
+
+def test_plain_dict_round_trip_for_ray_workers():
+    cfg = load(overrides=["synth.classes=7", "dataset.root=/data/x"])
+    plain = to_dict(cfg)
+    assert json.loads(json.dumps(plain)) == plain  # only plain types inside
+    assert config_from_dict(pickle.loads(pickle.dumps(plain))) == cfg
+
+
+def test_tune_style_overlay_on_the_plain_dict_is_validated():
+    plain = to_dict(load())
+    plain["synth"]["clases"] = 3
+    with pytest.raises(ConfigError, match="did you mean 'synth.classes'"):
+        config_from_dict(plain)
+
+
+def test_resolve_paths_makes_local_paths_absolute(tmp_path):
+    cfg = resolve_paths(load(overrides=["dataset.root=data/x", "run.root=out"]), cwd=tmp_path)
+    assert cfg.dataset.root == str(tmp_path / "data" / "x")
+    assert cfg.dataset.metadata == str(tmp_path / "data" / "x" / "metadata")
+    assert cfg.run.root == str(tmp_path / "out")
+
+
+def test_packaged_metadata_resolves_and_unknown_names_list_what_ships(tmp_path):
+    cfg = resolve_paths(load(REPO / "configs" / "ytov1.yaml"), cwd=tmp_path)
+    assert Path(cfg.dataset.metadata) == YTOV1_METADATA
+    with pytest.raises(ConfigError, match=r"no packaged metadata 'ytov9'; shipped: YouTube-Objects-v1.0"):
+        resolve_paths(load(overrides=["dataset.metadata=package:ytov9"]), cwd=tmp_path)
+
+
+def test_run_folder_holds_the_resolved_config(tmp_path):
+    cfg = resolve_paths(load(overrides=["run.name=r1", "synth.classes=6"]), cwd=tmp_path)
+    run_dir = create_run_dir(cfg, "index")
+    assert run_dir == tmp_path / "runs" / "r1"
+    written = load(run_dir / "config.yaml")
+    assert written == cfg
+
+
+def test_cli_reports_config_errors_without_a_traceback(cli, tmp_path):
+    result = cli("config", "--set", "synth.clases=3", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "did you mean 'synth.classes'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_config_prints_the_resolved_yaml(cli, tmp_path):
+    base = write(tmp_path / "base.yaml", {"synth": {"classes": 2}})
+    child = write(tmp_path / "child.yaml", {"base": base.name, "synth": {"size": 64}})
+    result = cli("config", "--config", str(child), "--set", "synth.seed=9", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["synth"]["classes"] == 2 and shown["synth"]["size"] == 64 and shown["synth"]["seed"] == 9
+    assert shown["dataset"]["root"] == str(tmp_path / "data" / "synthetic")
