@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
 	$(BIN)/python -m pip install --quiet --no-build-isolation -e ".[test]"
 	touch $(STAMP)
 
+# Today: the synthetic dataset, checked and indexed. Grows into the whole chain
+# (stage 1, CAM store, stage 2, report) as those verbs land.
 demo: $(STAMP)
-	$(BIN)/tcam-ray demo --out $(DEMO_DIR)
+	$(BIN)/tcam-ray synth $(DEMO_DIR)/data --overwrite
+	$(BIN)/tcam-ray index --root $(DEMO_DIR)/data --set run.root=$(DEMO_DIR) --set run.name=index
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

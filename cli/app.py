@@ -9,7 +9,7 @@ from tcam_ray.config import ConfigError
 from tcam_ray.data import DatasetError
 
 from . import config_cmd, index, synth
-from .common import stderr
+from .common import CliError, stderr
 
 app = typer.Typer(
     name="tcam-ray",
@@ -27,6 +27,6 @@ app.command()(config_cmd.config)
 def main() -> None:
     try:
         app()
-    except (ConfigError, DatasetError) as err:
+    except (CliError, ConfigError, DatasetError) as err:
         stderr.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -13,6 +13,10 @@ from tcam_ray.config import Config, load, resolve_paths
 
 stderr = Console(stderr=True)
 
+
+class CliError(Exception):
+    """A mistake in how a verb was called; printed without a traceback, exit code 2."""
+
 ConfigOption = Annotated[
     Optional[Path],
     typer.Option("--config", "-c", help="YAML config file (may name one `base:` file).", show_default=False),

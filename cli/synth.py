@@ -10,7 +10,7 @@ from tcam_ray.config import SynthConfig, dump_config
 from tcam_ray.data.synthetic import generate, video_plan, write_preview
 from tcam_ray.io import atomic_write_text
 
-from .common import ConfigOption, SetOption, load_config, progress_bar
+from .common import CliError, ConfigOption, SetOption, load_config, progress_bar
 
 
 def synth(
@@ -39,9 +39,8 @@ def synth(
     })
     if (out / "metadata").exists():
         if not overwrite:
-            raise typer.BadParameter(
-                f"{out} already holds a dataset (metadata/ exists); pass --overwrite to replace it, or pick another folder",
-                param_hint="OUT")
+            raise CliError(f"{out} already holds a dataset (metadata/ exists); "
+                           "pass --overwrite to replace it, or pick another folder")
         shutil.rmtree(out)
     with progress_bar("rendering videos", total=len(video_plan(cfg.synth))) as (advance, _):
         summary = generate(cfg.synth, out, progress=advance)

@@ -176,15 +176,16 @@ class SplitReader:
             item_id, label = fields[0], int(fields[1])
             if not self.known_id(LABELS_FILE, line, item_id):
                 continue
-            if label not in self.label_ids:
+            if item_id in where:
+                self.problem(LABELS_FILE, line, f"id {item_id!r} already labelled at line {where[item_id]}")
+                continue
+            where[item_id] = line
+            if label in self.label_ids:
+                self.meta.labels[item_id] = label
+            else:
                 self.problem(LABELS_FILE, line, f"label {label} of {item_id!r} is not an id in {CLASS_FILE} "
                              f"(ids: {sorted(self.label_ids)})")
-            elif item_id in where:
-                self.problem(LABELS_FILE, line, f"id {item_id!r} already labelled at line {where[item_id]}")
-            else:
-                where[item_id] = line
-                self.meta.labels[item_id] = label
-        unlabelled = [i for i in self.meta.ids if i not in self.meta.labels]
+        unlabelled = [i for i in self.meta.ids if i not in where]
         for item_id in unlabelled:
             self.problem(IDS_FILE, self.meta.lines[IDS_FILE][item_id], f"id {item_id!r} has no line in {LABELS_FILE}")
 
