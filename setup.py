@@ -100,6 +100,8 @@ def build_macros(op_dir: Path, with_cuda: bool) -> list:
 
 
 def get_extensions():
+    if not CSRC.is_dir():
+        return []
     op_dirs = sorted(p for p in CSRC.iterdir() if p.is_dir() and any(p.glob("*.cpp")))
     if not op_dirs:
         return []
@@ -112,6 +114,9 @@ def get_extensions():
         sources = sorted(str(p.relative_to(ROOT)) for p in op_dir.glob("*.cpp"))
         cuda_sources = sorted(str(p.relative_to(ROOT)) for p in op_dir.glob("*.cu"))
         name = f"tcam_ray._C_{op_dir.name}"
+        # Any change in the folder (headers included) rebuilds every object,
+        # so the embedded source hash is always the current one.
+        depends = sorted(str(p.relative_to(ROOT)) for p in op_dir.iterdir() if p.is_file())
         # torch >= 2.10 headers need C++20. at::parallel_for is inlined from
         # torch's headers and parallelises only with -fopenmp; the libgomp it
         # links is the one torch already loaded (same soname).
@@ -122,6 +127,7 @@ def get_extensions():
                 CUDAExtension(
                     name,
                     sources + cuda_sources,
+                    depends=depends,
                     include_dirs=[str(op_dir)],
                     define_macros=build_macros(op_dir, with_cuda=True),
                     extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-std=c++20"]},
@@ -133,6 +139,7 @@ def get_extensions():
                 CppExtension(
                     name,
                     sources,
+                    depends=depends,
                     include_dirs=[str(op_dir)],
                     define_macros=build_macros(op_dir, with_cuda=False),
                     extra_compile_args={"cxx": cxx_flags},

@@ -8,7 +8,7 @@ import typer
 from tcam_ray.config import ConfigError
 from tcam_ray.data import DatasetError
 
-from . import config_cmd, index, synth
+from . import cams, config_cmd, evaluate, index, synth, train
 from .common import CliError, stderr
 
 app = typer.Typer(
@@ -21,6 +21,9 @@ app = typer.Typer(
 )
 app.command()(synth.synth)
 app.command()(index.index)
+app.command()(train.train)
+app.command()(cams.cams)
+app.command()(evaluate.evaluate)
 app.command()(config_cmd.config)
 
 

@@ -31,7 +31,7 @@ def synth(
 
     Train lists shots (tag only); val/test list every synth.eval_stride-th frame with the boxes of every visible object.
 
-    More knobs with --set synth.KEY=VALUE: val_videos, test_videos, aspect, eval_stride, second_object_prob, occluder_prob, leave_frame_prob, distractors, jpeg_quality (`tcam-ray config` prints them all).
+    More knobs with --set synth.KEY=VALUE: val_videos, test_videos, aspect, eval_stride, second_object_prob, occluder_prob, leave_frame_prob, distractors, backgrounds, jpeg_quality (`tcam-ray config` prints them all).
     """
     cfg = load_config(config, set_, **{
         "synth.classes": classes, "synth.videos": videos, "synth.shots": shots,

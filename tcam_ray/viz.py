@@ -47,3 +47,76 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
     if not cv2.imwrite(str(path), image):
         raise OSError(f"could not write {path}")
     return path
+
+
+PRED_COLOUR = (0, 0, 255)  # BGR red
+
+
+def overlay(image_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """BGR picture of an RGB frame with a [0, 1] map blended on top as a jet heat map."""
+    frame = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+    heat = cv2.resize(heat.astype(np.float32), (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
+    coloured = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.addWeighted(frame, 1 - alpha, coloured, alpha, 0)
+
+
+def map_panel(image_rgb: np.ndarray, heat: np.ndarray, gt_boxes, pred_boxes) -> np.ndarray:
+    """Frame | frame with map, GT boxes (green) and predicted boxes (red); boxes in the frame's pixels."""
+    plain = draw_boxes(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), gt_boxes, GT_COLOUR)
+    mapped = draw_boxes(draw_boxes(overlay(image_rgb, heat), gt_boxes, GT_COLOUR), pred_boxes, PRED_COLOUR)
+    return np.concatenate([plain, mapped], axis=1)
+
+
+def plot_training_curves(records: Sequence[dict], path: str | Path) -> Path:
+    """Loss, top-1 and CorLoc per epoch from metrics.jsonl records."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_split: dict[str, list[dict]] = {}
+    for record in records:
+        by_split.setdefault(record["split"], []).append(record)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for split, rows in by_split.items():
+        epochs = [r["epoch"] for r in rows]
+        for ax, key in zip(axes, ("loss", "top1", "corloc")):
+            values = [r.get(key) for r in rows]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, marker="o", label=split)
+    for ax, title in zip(axes, ("loss", "top-1 accuracy (%)", "CorLoc (%)")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return save_figure(fig, path)
+
+
+def plot_threshold_curve(thresholds: Sequence[float], corloc: Sequence[float], path: str | Path,
+                         title: str = "CorLoc vs map threshold") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot(thresholds, corloc)
+    best = int(np.argmax(corloc))
+    ax.axvline(thresholds[best], color="grey", linestyle="--", label=f"best {thresholds[best]:.2f}: {corloc[best]:.1f}%")
+    ax.set_xlabel("threshold")
+    ax.set_ylabel("CorLoc (%)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -7,10 +7,14 @@ from typing import Iterable
 
 from .loader import ConfigError, dump_config, from_dict, to_dict
 from .loader import load_config as _load_config
-from .schema import Config, DatasetConfig, RunConfig, SynthConfig
+from .schema import (
+    CamConfig, Config, DatasetConfig, EvalConfig, InputConfig, ModelConfig, RunConfig, ScaleConfig, SynthConfig,
+    TrainConfig,
+)
 
 __all__ = [
-    "Config", "ConfigError", "DatasetConfig", "RunConfig", "SynthConfig",
+    "CamConfig", "Config", "ConfigError", "DatasetConfig", "EvalConfig", "InputConfig", "ModelConfig", "RunConfig",
+    "ScaleConfig", "SynthConfig", "TrainConfig",
     "config_from_dict", "dump_config", "load", "resolve_paths", "to_dict",
 ]
 

@@ -40,7 +40,7 @@ class SynthConfig:
     """Knobs of `tcam-ray synth` (see tcam_ray/data/synthetic.py for what each controls)."""
 
     classes: int = 4  # object classes (at most 12)
-    videos: int = 3  # training videos per class
+    videos: int = 4  # training videos per class
     val_videos: int = 1  # validation videos per class
     test_videos: int = 1  # test videos per class
     shots: int = 3  # shots per video
@@ -52,12 +52,13 @@ class SynthConfig:
     occluder_prob: float = 0.5  # chance a shot has an occluder passing in front
     leave_frame_prob: float = 0.3  # chance a shot's object path runs partly out of the frame
     distractors: int = 6  # distractor shapes per video
+    backgrounds: int = 16  # pool of scenes shared by all classes; each shot draws one
     jpeg_quality: int = 92
     seed: int = 0
 
     def __post_init__(self):
         require(1 <= self.classes <= 12, "synth.classes", f"must be between 1 and 12, got {self.classes}")
-        for key in ("videos", "shots", "frames", "eval_stride"):
+        for key in ("videos", "shots", "frames", "eval_stride", "backgrounds"):
             require(getattr(self, key) >= 1, f"synth.{key}", "must be at least 1")
         for key in ("val_videos", "test_videos", "distractors"):
             require(getattr(self, key) >= 0, f"synth.{key}", "must be at least 0")
@@ -78,7 +79,109 @@ class RunConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The stage-1 classifier: a torchvision ResNet encoder and a WGAP head."""
+
+    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    pretrained: Optional[Literal["imagenet"]] = None  # torchvision's weights (needs the internet once)
+    weights: Optional[str] = None  # a local state dict for the encoder instead
+
+
+@dataclass
+class InputConfig:
+    """Frames as the model sees them (decode, resize, augment in the Ray Data pipeline)."""
+
+    resize_size: int = 256  # frames are resized to this square before cropping
+    crop_size: int = 224  # random crop for training; eval frames are resized to this
+    flip: bool = True  # random horizontal flip for training
+    # "one_per_shot": each epoch sees one random frame of every train shot (the paper);
+    # "all": every frame of every shot.
+    sampling: Literal["one_per_shot", "all"] = "one_per_shot"
+    batch_size: int = 32  # per worker
+    decode_batch_size: int = 64  # frames per Ray Data decode task
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+    def __post_init__(self):
+        require(self.crop_size >= 32, "input.crop_size", f"must be at least 32, got {self.crop_size}")
+        require(self.resize_size >= self.crop_size, "input.resize_size",
+                f"must be >= input.crop_size ({self.crop_size}), got {self.resize_size}")
+        require(self.batch_size >= 1 and self.decode_batch_size >= 1, "input.batch_size", "must be at least 1")
+        require(len(self.mean) == 3 and len(self.std) == 3, "input.mean", "mean and std need 3 values (RGB)")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (SGD with step decay), precision and checkpoints of one training."""
+
+    epochs: int = 100
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    step_size: int = 15  # epochs between lr decays
+    gamma: float = 0.9  # lr decay factor
+    amp: bool = True  # float16 autocast + GradScaler on CUDA (no effect on CPU)
+    cpu_bf16: bool = False  # bfloat16 autocast on CPU (slower than float32 on most CPUs)
+    keep_last: int = 2  # Ray Train checkpoints kept, besides the best by CorLoc and by accuracy
+    seed: int = 0
+    # Testing recovery: rank 0 raises once when this epoch starts (a marker file makes it once).
+    fail_at_epoch: Optional[int] = None
+
+    def __post_init__(self):
+        require(self.epochs >= 1, "train.epochs", "must be at least 1")
+        require(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
+        require(self.step_size >= 1, "train.step_size", "must be at least 1")
+        require(self.keep_last >= 1, "train.keep_last", "must be at least 1")
+
+
+@dataclass
+class ScaleConfig:
+    """Where training runs: the embedded local Ray, or a cluster."""
+
+    address: Optional[str] = None  # a Ray cluster ("auto", "ray://...", host:port); default: RAY_ADDRESS or local
+    num_workers: int = 1  # Ray Train workers (DDP: gloo on CPU, nccl on GPU)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 1  # a crashed worker group restarts from the last checkpoint this often
+    # Local Ray only: CPUs it may use (default: all of the machine's).
+    local_cpus: Optional[int] = None
+
+    def __post_init__(self):
+        require(self.num_workers >= 0, "scale.num_workers", "must be >= 0 (0 runs the loop in the driver)")
+        require(self.cpus_per_worker > 0, "scale.cpus_per_worker", "must be positive")
+
+
+@dataclass
+class EvalConfig:
+    """How CorLoc is measured (wsol-done-right's MaxBoxAcc)."""
+
+    split: Literal["val", "test"] = "val"  # the split validated during training
+    box_mode: Literal["largest", "all"] = "largest"  # box of the largest contour, or the best of all contours
+    thresholds: int = 100  # map thresholds in [0, 1) swept for the best one
+    iou_thresholds: list[int] = field(default_factory=lambda: [30, 50, 70])  # MaxBoxAccV2, in percent
+    cam_target: Literal["true", "predicted"] = "true"  # whose class the map is drawn for
+
+
+@dataclass
+class CamConfig:
+    """The CAM store: the maps of every training frame, computed once after stage 1."""
+
+    method: Literal["cam", "gradcampp", "layercam"] = "cam"
+    size: int = 56  # stored maps are size x size
+    dtype: Literal["uint8", "float16"] = "uint8"
+    batch_size: int = 64
+    actors: int = 1  # actor pool size, each holding the model
+    cpus_per_actor: float = 0.5  # fractional: whole CPUs per actor can starve Ray Data's read tasks
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cam: CamConfig = field(default_factory=CamConfig)

@@ -15,7 +15,8 @@ idea has something to fix:
   and turn, a shot may hold two objects of the class, an occluder may pass in
   front, and an object's path may run partly out of the frame.
 * Backgrounds are cluttered: smooth colour noise, low-saturation shapes and
-  lines, and moving distractor shapes.
+  lines, and moving distractor shapes. Each shot takes its scenery from one
+  pool shared by all classes, so the background is no shortcut to the class.
 
 Train shots carry only the class tag; val/test frames (every `eval_stride`-th
 frame of their shots in which an object is visible) carry the box of every
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -434,6 +436,14 @@ class Tally:
     listed: int = 0
 
 
+@lru_cache(maxsize=64)
+def scene(seed: int, clutter: int, number: int, height: int, width: int) -> np.ndarray:
+    """Background `number` of the pool every class draws its shots from, so that the
+    scenery says nothing about the class (no shortcut around the object)."""
+    rng = np.random.default_rng([seed, 1_000_003, number])
+    return make_background(rng, height, width, clutter)
+
+
 def render_video(cfg: SynthConfig, root: Path, split: str, class_idx: int, video: int,
                  meta: SplitMetadata, tally: Tally) -> int:
     """Write one video's shots; list its shots (train) or eval frames (val/test). Returns frames written."""
@@ -441,13 +451,13 @@ def render_video(cfg: SynthConfig, root: Path, split: str, class_idx: int, video
     name = class_names(cfg.classes)[class_idx]
     height = cfg.size
     width = int(round(cfg.size * cfg.aspect / 2)) * 2
-    canvas = make_background(rng, 2 * height, 2 * width, clutter=cfg.distractors * 4)
     objects = 2 if rng.random() < cfg.second_object_prob else 1
     written = 0
     for shot in range(1, cfg.shots + 1):
         sid = shot_id(name, video, shot)
         folder = root / sid
         folder.mkdir(parents=True, exist_ok=True)
+        canvas = scene(cfg.seed, cfg.distractors * 4, int(rng.integers(cfg.backgrounds)), 2 * height, 2 * width)
         renderer = ShotRenderer(rng, cfg, class_idx, objects, canvas)
         if split == "train":
             meta.ids.append(sid)

@@ -1,0 +1,85 @@
+"""Ray Data pipelines: frame index rows -> decoded, augmented uint8 frames as Arrow batches.
+
+The only module of `tcam_ray.data` that imports Ray. Rows are small (ids and
+labels); decoding happens in `map_batches` tasks close to the files, and the
+training workers read their shard with `iter_torch_batches`.
+"""
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray.data
+
+from ..config import Config
+from .frames import ROW, decode_batch, shots_table, with_row_numbers
+
+DECODE_CPUS = 0.5  # fractional, so decode tasks still run beside whole-CPU train workers
+
+
+def quiet_ray_data() -> None:
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def split_rows(index_table: pa.Table, split: str) -> pa.Table:
+    """Rows of one split, numbered by their position in that split's table."""
+    rows = index_table.filter(pc.equal(index_table["split"], split))
+    if rows.num_rows == 0:
+        raise ValueError(f"the frame index has no {split!r} frames")
+    return with_row_numbers(rows)
+
+
+def train_dataset(index_table: pa.Table, cfg: Config) -> ray.data.Dataset:
+    """Training frames; with input.sampling = one_per_shot, each pass draws one frame per shot."""
+    rows = split_rows(index_table, "train").select(["frame_id", "shot_id", "label", ROW])
+    if cfg.input.sampling == "one_per_shot":
+        rows = shots_table(rows).select(["frame_ids", "label", ROW])
+    else:
+        rows = rows.select(["frame_id", "label", ROW])
+    dataset = ray.data.from_arrow(rows).random_shuffle()
+    return dataset.map_batches(
+        decode_batch,
+        batch_format="numpy",
+        batch_size=cfg.input.decode_batch_size,
+        num_cpus=DECODE_CPUS,
+        fn_kwargs=dict(root=cfg.dataset.root, train=True, resize_size=cfg.input.resize_size,
+                       crop_size=cfg.input.crop_size, flip=cfg.input.flip),
+    )
+
+
+def eval_dataset(index_table: pa.Table, cfg: Config, split: str) -> ray.data.Dataset:
+    """Every listed frame of a split, resized to the crop size, with its row number."""
+    rows = split_rows(index_table, split).select(["frame_id", "label", ROW])
+    return ray.data.from_arrow(rows).map_batches(
+        decode_batch,
+        batch_format="numpy",
+        batch_size=cfg.input.decode_batch_size,
+        num_cpus=DECODE_CPUS,
+        fn_kwargs=dict(root=cfg.dataset.root, train=False, resize_size=cfg.input.resize_size,
+                       crop_size=cfg.input.crop_size),
+    )
+
+
+def cam_dataset(rows: pa.Table, cfg: Config, input_cfg, predictor_cls, predictor_args: dict) -> ray.data.Dataset:
+    """Rows (frame_id, label, row) -> decoded at the checkpoint's input size -> maps from an
+    actor pool whose actors each hold the model (`predictor_cls(**predictor_args)`)."""
+    decoded = ray.data.from_arrow(rows.select(["frame_id", "label", ROW])).map_batches(
+        decode_batch,
+        batch_format="numpy",
+        batch_size=cfg.input.decode_batch_size,
+        num_cpus=DECODE_CPUS,
+        fn_kwargs=dict(root=cfg.dataset.root, train=False, resize_size=input_cfg.resize_size,
+                       crop_size=input_cfg.crop_size),
+    )
+    return decoded.map_batches(
+        predictor_cls,
+        batch_format="numpy",
+        batch_size=cfg.cam.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=cfg.cam.actors),
+        num_cpus=cfg.cam.cpus_per_actor,
+        num_gpus=1 if cfg.scale.use_gpu else 0,
+        fn_constructor_kwargs=predictor_args,
+    )

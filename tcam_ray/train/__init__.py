@@ -1,0 +1,1 @@
+"""Training: the per-worker loop (stage1), its contexts, checkpoints, and the driver (trainer)."""

@@ -1,0 +1,126 @@
+"""The driver side of a training: run folder, frame index, Ray session, TorchTrainer.
+
+`run_training(cfg)` is what `tcam-ray train` calls. With scale.num_workers = 0
+the loop runs in this process without Ray (debugging, unit tests); otherwise
+on Ray Train workers of the embedded local Ray or of the cluster at
+scale.address / RAY_ADDRESS. A run folder that already holds checkpoints is
+resumed from its last one.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config, ScaleConfig, to_dict
+from ..data import FrameIndex, index_dataset
+from ..runs import create_run_dir
+from .checkpoints import CheckpointKeeper
+from .stage1 import JobSpec, Stage1Runner, job_dict, train_loop_per_worker
+
+LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict  # the last epoch's
+    best_corloc: Path | None
+    best_top1: Path | None
+    last: Path | None
+
+
+@contextlib.contextmanager
+def ray_session(scale: ScaleConfig):
+    """Attach to scale.address / RAY_ADDRESS, or start a local Ray on 127.0.0.1 (stopped on exit)."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = scale.address or os.environ.get("RAY_ADDRESS")
+    quiet = dict(log_to_driver=True, logging_level=logging.WARNING)  # workers print one line per epoch
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        for key, value in LOCAL_ENV.items():
+            os.environ.setdefault(key, value)
+        ray.init(num_cpus=scale.local_cpus, include_dashboard=False, **quiet)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def check_cpu_budget(scale: ScaleConfig) -> None:
+    """Whole-CPU workers that take every CPU starve Ray Data's decode tasks: a hang, not an error."""
+    import ray
+
+    from ..data.pipeline import DECODE_CPUS
+
+    total = ray.cluster_resources().get("CPU", 0)
+    wanted = scale.num_workers * scale.cpus_per_worker
+    if wanted + DECODE_CPUS > total:
+        raise ValueError(
+            f"scale.num_workers={scale.num_workers} x scale.cpus_per_worker={scale.cpus_per_worker} = {wanted} CPUs "
+            f"leaves less than {DECODE_CPUS} of the cluster's {total:g} CPUs for decoding frames (it would hang); "
+            "lower scale.cpus_per_worker (fractions like 0.5 work) or scale.num_workers")
+
+
+def prepare_run(cfg: Config, stage: str) -> tuple[Path, JobSpec]:
+    run_dir = create_run_dir(cfg, f"train-{stage}")
+    index_path = run_dir / "frame_index.parquet"
+    index_dataset(cfg.dataset).write(index_path)
+    latest = CheckpointKeeper(run_dir, cfg.train.keep_last).latest()
+    return run_dir, JobSpec(str(run_dir), str(index_path), str(latest) if latest else None)
+
+
+def fit_in_process(cfg: Config, job: JobSpec) -> dict:
+    from .context import LocalContext
+
+    index = FrameIndex.read(job.index_path)
+    resume = Path(job.resume_from) if job.resume_from else None
+    return Stage1Runner(cfg, job, LocalContext(cfg, index.table, resume)).fit()
+
+
+def fit_on_ray(cfg: Config, job: JobSpec) -> dict:
+    import ray.train
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ..data.pipeline import eval_dataset, quiet_ray_data, train_dataset
+
+    with ray_session(cfg.scale):
+        check_cpu_budget(cfg.scale)
+        quiet_ray_data()
+        index = FrameIndex.read(job.index_path)
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"cfg": to_dict(cfg), "job": job_dict(job)},
+            scaling_config=ScalingConfig(num_workers=cfg.scale.num_workers, use_gpu=cfg.scale.use_gpu,
+                                         resources_per_worker={"CPU": cfg.scale.cpus_per_worker}),
+            run_config=RunConfig(
+                name=f"attempt-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str(Path(job.run_dir) / "ray"),
+                checkpoint_config=CheckpointConfig(num_to_keep=1),
+                failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
+                logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            ),
+            datasets={"train": train_dataset(index.table, cfg), cfg.eval.split: eval_dataset(index.table, cfg, cfg.eval.split)},
+            dataset_config=DataConfig(datasets_to_split=["train"]),
+        )
+        result = trainer.fit()
+    return result.return_value or result.metrics or {}
+
+
+def run_training(cfg: Config, stage: str = "cam") -> TrainResult:
+    if stage != "cam":
+        raise ValueError(f"unknown stage {stage!r}; available: cam")
+    run_dir, job = prepare_run(cfg, stage)
+    metrics = fit_in_process(cfg, job) if cfg.scale.num_workers == 0 else fit_on_ray(cfg, job)
+    keeper = CheckpointKeeper(run_dir, cfg.train.keep_last)
+    best = {name: keeper.folder / f"best-{name}" for name in ("corloc", "top1")}
+    return TrainResult(run_dir, metrics, *(p if p.exists() else None for p in best.values()), keeper.latest())
