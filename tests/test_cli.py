@@ -8,7 +8,7 @@ import pytest
 
 from .conftest import REPO
 
-VERBS = ["synth", "index", "config"]
+VERBS = ["synth", "index", "train", "cams", "evaluate", "bench", "doctor", "config"]
 
 
 def test_top_level_help_lists_the_verbs(cli):

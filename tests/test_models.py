@@ -187,3 +187,15 @@ def test_classifier_argument_checks():
         build_classifier("resnet18", num_classes=0)
     with pytest.raises(ValueError, match="512"):
         CamClassifier(build_encoder("resnet18"), WGAPHead(2048, 3))
+
+
+def test_layer4_stride_one_gives_twice_finer_maps_with_the_same_weights():
+    coarse = build_encoder("resnet18")
+    fine = build_encoder("resnet18", layer4_stride=1)
+    fine.load_state_dict(coarse.state_dict())  # same parameter shapes
+    x = torch.randn(1, 3, 64, 64)
+    assert coarse(x)[-1].shape[-2:] == (2, 2)
+    assert fine(x)[-1].shape[-2:] == (4, 4)
+    assert fine.strides[-1] == 16
+    bottleneck = build_encoder("resnet50", layer4_stride=1)
+    assert bottleneck(torch.randn(1, 3, 64, 64))[-1].shape[-2:] == (4, 4)

@@ -85,6 +85,8 @@ class ModelConfig:
     arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
     pretrained: Optional[Literal["imagenet"]] = None  # torchvision's weights (needs the internet once)
     weights: Optional[str] = None  # a local state dict for the encoder instead
+    # 1: layer4 keeps stride 16 (finer CAMs: 14x14 at 224, as WSOL models do); 2: torchvision's 32.
+    layer4_stride: Literal[1, 2] = 1
 
 
 @dataclass

@@ -42,14 +42,18 @@ def random_crop_flip(image: np.ndarray, crop: int, flip: bool, rng: np.random.Ge
 
 
 def decode_batch(batch: dict[str, np.ndarray], root: str, train: bool, resize_size: int, crop_size: int,
-                 flip: bool = True, seed: int | None = None) -> dict[str, np.ndarray]:
+                 flip: bool = True, seed: int | None = None, shuffle: bool = False) -> dict[str, np.ndarray]:
     """frame ids -> {image: (B, crop, crop, 3) uint8, label, row}.
 
     Training frames are resized to resize_size, randomly cropped and flipped;
     eval frames are resized to crop_size. A row with `frame_ids` (a shot's
-    frames) stands for one frame drawn at random from that shot.
+    frames) stands for one frame drawn at random from that shot. With
+    `shuffle`, the batch's rows come out in a random order.
     """
     rng = np.random.default_rng(seed)
+    if shuffle:
+        order = rng.permutation(len(batch["label"]))
+        batch = {name: [values[i] for i in order] for name, values in batch.items()}
     frame_ids = batch["frame_id"] if "frame_id" in batch else [ids[rng.integers(len(ids))] for ids in batch["frame_ids"]]
     size = resize_size if train else crop_size
     images = np.empty((len(frame_ids), crop_size, crop_size, 3), np.uint8)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
@@ -32,6 +33,14 @@ def split_rows(index_table: pa.Table, split: str) -> pa.Table:
     return with_row_numbers(rows)
 
 
+def permuted(rows: pa.Table, seed: int) -> pa.Table:
+    return rows.take(np.random.default_rng(seed).permutation(rows.num_rows))
+
+
+def blocks_of(rows: pa.Table, size: int) -> list[pa.Table]:
+    return [rows.slice(start, size) for start in range(0, rows.num_rows, size)]
+
+
 def train_dataset(index_table: pa.Table, cfg: Config) -> ray.data.Dataset:
     """Training frames; with input.sampling = one_per_shot, each pass draws one frame per shot."""
     rows = split_rows(index_table, "train").select(["frame_id", "shot_id", "label", ROW])
@@ -39,14 +48,17 @@ def train_dataset(index_table: pa.Table, cfg: Config) -> ray.data.Dataset:
         rows = shots_table(rows).select(["frame_ids", "label", ROW])
     else:
         rows = rows.select(["frame_id", "label", ROW])
-    dataset = ray.data.from_arrow(rows).random_shuffle()
-    return dataset.map_batches(
+    # Shuffle cheaply: rows are permuted once here into blocks of one decode batch, block
+    # order changes every pass, and decode_batch permutes the rows of its batch. A full
+    # random_shuffle() is an all-to-all exchange per epoch (seconds on small datasets).
+    dataset = ray.data.from_arrow(blocks_of(permuted(rows, cfg.train.seed), cfg.input.decode_batch_size))
+    return dataset.randomize_block_order().map_batches(
         decode_batch,
         batch_format="numpy",
         batch_size=cfg.input.decode_batch_size,
         num_cpus=DECODE_CPUS,
         fn_kwargs=dict(root=cfg.dataset.root, train=True, resize_size=cfg.input.resize_size,
-                       crop_size=cfg.input.crop_size, flip=cfg.input.flip),
+                       crop_size=cfg.input.crop_size, flip=cfg.input.flip, shuffle=True),
     )
 
 

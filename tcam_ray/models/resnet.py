@@ -45,16 +45,23 @@ class ResNetEncoder(ResNet):
     """A torchvision ResNet without avgpool/fc whose forward returns the stage feature maps.
 
     forward(x) -> [stem (conv1+bn+relu, stride 2), layer1 (4), layer2 (8), layer3 (16), layer4 (32)]
+
+    `layer4_stride=1` keeps layer4 at stride 16 (as WSOL CAM models do: a 224 input gives
+    14x14 maps instead of 7x7); the weights keep their shapes, so pretrained ones still load.
     """
 
-    def __init__(self, arch: str) -> None:
+    def __init__(self, arch: str, layer4_stride: int = 2) -> None:
         spec = _spec(arch)
+        if layer4_stride not in (1, 2):
+            raise ValueError(f"layer4_stride must be 1 or 2, got {layer4_stride}")
         super().__init__(spec.block, list(spec.layers))
         del self.avgpool, self.fc
         self.arch = arch
         widths = (64, 128, 256, 512)
         self.out_channels: list[int] = [64, *(w * spec.block.expansion for w in widths)]
-        self.strides: list[int] = [2, 4, 8, 16, 32]
+        self.strides: list[int] = [2, 4, 8, 16, 16 * layer4_stride]
+        if layer4_stride == 1:
+            unstride_first_block(self.layer4[0])
 
     def forward(self, x: Tensor) -> list[Tensor]:  # type: ignore[override]
         stem = self.relu(self.bn1(self.conv1(x)))
@@ -66,8 +73,16 @@ class ResNetEncoder(ResNet):
         return features
 
 
+def unstride_first_block(block: BasicBlock | Bottleneck) -> None:
+    """Make a stage's first block keep its input resolution (its strided conv and shortcut)."""
+    strided = block.conv2 if isinstance(block, Bottleneck) else block.conv1
+    strided.stride = (1, 1)
+    if block.downsample is not None:
+        block.downsample[0].stride = (1, 1)
+
+
 def build_encoder(
-    arch: str, pretrained: str | None = None, weights: str | Path | None = None
+    arch: str, pretrained: str | None = None, weights: str | Path | None = None, layer4_stride: int = 2
 ) -> ResNetEncoder:
     """A ResNet encoder, randomly initialised unless `pretrained="imagenet"` or `weights=PATH`."""
     _spec(arch)
@@ -75,7 +90,7 @@ def build_encoder(
         raise ValueError("give either pretrained='imagenet' or weights=PATH, not both")
     if pretrained is not None and pretrained not in PRETRAINED_SOURCES:
         raise ValueError(f"unknown pretrained source {pretrained!r}; valid: {list(PRETRAINED_SOURCES)} or None")
-    encoder = ResNetEncoder(arch)
+    encoder = ResNetEncoder(arch, layer4_stride)
     if pretrained is not None:
         load_torchvision_weights(encoder, RESNET_SPECS[arch].imagenet_weights, arch)
     elif weights is not None:

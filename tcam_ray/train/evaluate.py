@@ -35,7 +35,7 @@ SUMMARY_KEYS = ("corloc", "maxboxacc_v2", "maxboxacc", "per_class", "top1", "bes
 def load_classifier(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict, Config]:
     meta = read_meta(checkpoint)
     trained = checkpoint_config(checkpoint)
-    model = build_classifier(trained.model.arch, len(meta["classes"]))
+    model = build_classifier(trained.model.arch, len(meta["classes"]), layer4_stride=trained.model.layer4_stride)
     model.load_state_dict(load_state(checkpoint, device)["model"])
     return model.to(device).eval(), meta, trained
 

@@ -77,7 +77,8 @@ class Stage1Runner:
         self.index = FrameIndex.read(job.index_path)
         self.classes = self.index.info.classes
         torch.manual_seed(cfg.train.seed)
-        model = build_classifier(cfg.model.arch, len(self.classes), cfg.model.pretrained, cfg.model.weights)
+        model = build_classifier(cfg.model.arch, len(self.classes), cfg.model.pretrained, cfg.model.weights,
+                                 cfg.model.layer4_stride)
         self.model = ctx.prepare_model(model.to(memory_format=torch.channels_last))
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
                                          weight_decay=cfg.train.weight_decay)
@@ -113,7 +114,6 @@ class Stage1Runner:
 
     def fit(self) -> dict:
         self.restore()
-        self.epoch_started = time.perf_counter()
         last: dict = {}
         for epoch in range(self.start_epoch, self.cfg.train.epochs + 1):
             self.maybe_fail(epoch)
@@ -144,6 +144,7 @@ class Stage1Runner:
             raise InjectedFailure(f"train.fail_at_epoch={epoch}: failing once on purpose")
 
     def train_epoch(self) -> dict:
+        started = time.perf_counter()
         self.model.train()
         totals = torch.zeros(3, device=self.ctx.device)  # loss sum, correct, samples
         for batch in self.ctx.train_batches():
@@ -160,7 +161,8 @@ class Stage1Runner:
                                    torch.tensor(float(len(labels)), device=self.ctx.device)])
         loss_sum, correct, samples = all_reduce_sum(totals, self.ctx.world_size).tolist()
         return {"loss": loss_sum / max(samples, 1), "top1": 100.0 * correct / max(samples, 1),
-                "lr": self.optimizer.param_groups[0]["lr"], "samples": int(samples)}
+                "lr": self.optimizer.param_groups[0]["lr"], "samples": int(samples),
+                "seconds": round(time.perf_counter() - started, 3)}
 
     def validate(self) -> dict:
         self.core.eval()
@@ -178,12 +180,8 @@ class Stage1Runner:
     def end_epoch(self, epoch: int, train: dict, val: dict) -> dict:
         metrics = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}}
         metrics.update({f"val_{k}": val[k] for k in ("corloc", "top1", "maxboxacc_v2") if k in val})
-        folder = None
-        if self.is_chief:
-            folder = self.save(epoch, metrics, val)
-            print(epoch_line(metrics, self.cfg.train.epochs, time.perf_counter() - self.epoch_started), flush=True)
+        folder = self.save(epoch, metrics, val) if self.is_chief else None
         self.ctx.report(metrics, folder)
-        self.epoch_started = time.perf_counter()
         return metrics
 
     def save(self, epoch: int, metrics: dict, val: dict) -> Path:
@@ -204,13 +202,6 @@ class Stage1Runner:
         if val:
             self.log.append({"epoch": epoch, "split": self.cfg.eval.split, **val})
         return folder
-
-
-def epoch_line(metrics: dict, epochs: int, seconds: float) -> str:
-    line = f"epoch {metrics['epoch']}/{epochs}  loss {metrics['train_loss']:.3f}  top1 {metrics['train_top1']:.1f}"
-    if metrics.get("val_corloc") is not None:
-        line += f"  | val CorLoc {metrics['val_corloc']:.1f}  top1 {metrics['val_top1']:.1f}"
-    return f"{line}  ({seconds:.1f} s)"
 
 
 def train_loop_per_worker(config: dict) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..config import Config, ScaleConfig, to_dict
 from ..data import FrameIndex, index_dataset
 from ..runs import create_run_dir
 from .checkpoints import CheckpointKeeper
+from .metrics_log import MetricsLog
 from .stage1 import JobSpec, Stage1Runner, job_dict, train_loop_per_worker
 
 LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
@@ -42,7 +44,8 @@ def ray_session(scale: ScaleConfig):
         yield
         return
     address = scale.address or os.environ.get("RAY_ADDRESS")
-    quiet = dict(log_to_driver=True, logging_level=logging.WARNING)  # workers print one line per epoch
+    # Worker logs stay in Ray's log folder; the driver prints the epochs (EpochPrinter).
+    quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
     if address:
         ray.init(address=address, **quiet)
     else:
@@ -116,11 +119,55 @@ def fit_on_ray(cfg: Config, job: JobSpec) -> dict:
     return result.return_value or result.metrics or {}
 
 
-def run_training(cfg: Config, stage: str = "cam") -> TrainResult:
+class EpochPrinter:
+    """Prints each new metrics.jsonl line as it appears, from a thread of the driver
+    (Ray Train workers write the file; their own logs stay in Ray's log folder)."""
+
+    def __init__(self, path: Path, epochs: int, out=print, interval: float = 0.5):
+        self.log = MetricsLog(path)
+        self.epochs = epochs
+        self.out = out
+        self.interval = interval
+        self.shown = len(self.log.records())
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+
+    def __enter__(self) -> "EpochPrinter":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        self.thread.join()
+        self.show_new()
+
+    def watch(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            self.show_new()
+
+    def show_new(self) -> None:
+        records = self.log.records()
+        for record in records[self.shown:]:
+            self.out(epoch_line(record, self.epochs))
+        self.shown = max(self.shown, len(records))
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    head = f"epoch {record['epoch']}/{epochs} {record['split']:>5}:"
+    if record["split"] == "train":
+        return f"{head} loss {record['loss']:.3f}  top1 {record['top1']:.1f}%  ({record.get('seconds', 0):.1f} s)"
+    if record.get("corloc") is None:
+        return f"{head} no frames with boxes"
+    return f"{head} CorLoc {record['corloc']:.1f}%  MaxBoxAccV2 {record['maxboxacc_v2']:.1f}%  top1 {record['top1']:.1f}%"
+
+
+def run_training(cfg: Config, stage: str = "cam", out=print) -> TrainResult:
+    """Train (resuming the run folder's last checkpoint if any); `out` receives one line per epoch and split."""
     if stage != "cam":
         raise ValueError(f"unknown stage {stage!r}; available: cam")
     run_dir, job = prepare_run(cfg, stage)
-    metrics = fit_in_process(cfg, job) if cfg.scale.num_workers == 0 else fit_on_ray(cfg, job)
+    with EpochPrinter(job.metrics_path, cfg.train.epochs, out):
+        metrics = fit_in_process(cfg, job) if cfg.scale.num_workers == 0 else fit_on_ray(cfg, job)
     keeper = CheckpointKeeper(run_dir, cfg.train.keep_last)
     best = {name: keeper.folder / f"best-{name}" for name in ("corloc", "top1")}
     return TrainResult(run_dir, metrics, *(p if p.exists() else None for p in best.values()), keeper.latest())

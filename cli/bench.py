@@ -1,0 +1,59 @@
+"""`tcam-ray bench KIND`: one JSON object per case per line on stdout, progress on stderr."""
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+from tcam_ray.config import Config
+
+from .common import CliError, ConfigOption, SetOption, load_config
+
+
+def crf_cases(cfg: Config, repeats: int, threads: Optional[int]):
+    from tcam_ray.bench.crf import run_crf_bench
+
+    return run_crf_bench(repeats=repeats, threads=threads)
+
+
+def data_cases(cfg: Config, repeats: int, threads: Optional[int]):
+    from tcam_ray.bench.data import run_data_bench
+
+    return run_data_bench(cfg, repeats)
+
+
+def train_cases(cfg: Config, repeats: int, threads: Optional[int]):
+    from tcam_ray.bench.train import run_train_bench
+
+    return run_train_bench(cfg, repeats)
+
+
+def store_cases(cfg: Config, repeats: int, threads: Optional[int]):
+    from tcam_ray.bench.store import run_store_bench
+
+    return run_store_bench(cfg)
+
+
+BENCHES = {"crf": crf_cases, "data": data_cases, "train": train_cases, "store": store_cases}
+
+
+def bench(
+    kind: Annotated[str, typer.Argument(help=f"What to measure: one of {', '.join(BENCHES)}.")],
+    repeats: Annotated[int, typer.Option(help="Timed calls (crf) or passes/epochs (data, train) per case.")] = 3,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for crf (default: torch's).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+):
+    """Benchmark KIND against its baseline measured in the same run; prints DESIGN.md's JSON lines.
+
+    crf: CRF loss forward+backward vs the reference's per-channel strategy. data: Ray Data
+    pipeline vs a torch DataLoader. train: one-worker Ray Train step throughput vs the same
+    loop in-process. store: CAM store bytes per frame vs one float32 full-size map per frame.
+    data/train/store run on the config's dataset, or generate the synthetic one when it is absent.
+    """
+    if kind not in BENCHES:
+        raise CliError(f"unknown bench kind {kind!r}; known kinds: {', '.join(BENCHES)}")
+    cfg = load_config(config, set_)
+    for record in BENCHES[kind](cfg, repeats, threads):
+        print(json.dumps(record), flush=True)

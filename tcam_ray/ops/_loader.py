@@ -1,0 +1,112 @@
+"""Loads the compiled CRF extension `tcam_ray._C_crf` and refuses a missing or stale build.
+
+There is deliberately no pure-Python fallback: the exact reference is O(P^2)
+and would make training silently hundreds of times slower.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+EXTENSION = "tcam_ray._C_crf"
+REBUILD_COMMAND = "pip install --no-build-isolation -e .   (or, in a source checkout: python setup.py build_ext --inplace)"
+SOURCE_SUFFIXES = {".h", ".cuh", ".cpp", ".cu"}
+
+
+class OpBuildError(RuntimeError):
+    """The compiled op is missing, stale, or lacks the kernel a call needs."""
+
+
+def sources_dir() -> Path | None:
+    """csrc/crf of a source checkout (editable install), or None in an installed wheel."""
+    candidate = Path(__file__).resolve().parents[2] / "csrc" / "crf"
+    return candidate if candidate.is_dir() else None
+
+
+def current_source_hash() -> str | None:
+    """Hash of the op's sources on disk; the same recipe as setup.py's source_hash()."""
+    folder = sources_dir()
+    if folder is None:
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix in SOURCE_SUFFIXES:
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def stale_reasons(info: dict) -> list[str]:
+    """Why a loaded build no longer matches its sources or the running torch (empty: fresh)."""
+    reasons = []
+    current = current_source_hash()
+    if current is not None and current != info["source_hash"]:
+        reasons.append(f"csrc/crf changed since the build (built {info['source_hash']}, sources now {current})")
+    if info["torch_version"] != torch.__version__:
+        reasons.append(f"built against torch {info['torch_version']}, running torch {torch.__version__}")
+    return reasons
+
+
+def import_extension() -> ModuleType:
+    try:
+        return importlib.import_module(EXTENSION)
+    except ImportError as error:
+        raise OpBuildError(
+            f"The CRF op ({EXTENSION}) is not built or cannot be loaded: {error}. Rebuild it with: {REBUILD_COMMAND}"
+        ) from error
+
+
+@functools.lru_cache(maxsize=None)
+def load_extension() -> ModuleType:
+    """Imports the extension (registering torch.ops.tcam_ray.*) after checking it is current."""
+    module = import_extension()
+    reasons = stale_reasons(module.build_info())
+    if reasons:
+        raise OpBuildError(
+            "The CRF op build is stale: " + "; ".join(reasons) + f". Rebuild it with: {REBUILD_COMMAND}"
+        )
+    return module
+
+
+def arch_covers(arch_list: str, capability: tuple[int, int]) -> bool:
+    """Whether a TORCH_CUDA_ARCH_LIST-style string runs on a GPU of this compute capability.
+
+    SASS for X.Y runs on X.Z with Z >= Y; PTX for X.Y is JIT-compiled for any
+    capability >= X.Y.
+    """
+    major, minor = capability
+    for entry in arch_list.replace(",", ";").replace(" ", ";").split(";"):
+        if not entry:
+            continue
+        ptx = entry.endswith("+PTX")
+        arch_major, arch_minor = (int(part) for part in entry.removesuffix("+PTX").split(".")[:2])
+        if arch_major == major and arch_minor <= minor:
+            return True
+        if ptx and (arch_major, arch_minor) <= (major, minor):
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def check_device(device: torch.device) -> None:
+    """Clear errors for a CUDA call the build cannot serve (instead of the dispatcher's)."""
+    if device.type != "cuda":
+        return
+    info = load_extension().build_info()
+    if not info["cuda"]:
+        raise OpBuildError(
+            "The CRF op was built without CUDA kernels but got CUDA tensors. Rebuild it where nvcc and a CUDA "
+            f"build of torch are present (or with FORCE_CUDA=1): {REBUILD_COMMAND}"
+        )
+    capability = torch.cuda.get_device_capability(device)
+    if not arch_covers(info["cuda_arch_list"], capability):
+        raise OpBuildError(
+            f"The CRF op's CUDA kernels were built for {info['cuda_arch_list']!r}, which does not cover this GPU "
+            f"(compute capability {capability[0]}.{capability[1]}). Rebuild with "
+            f"TORCH_CUDA_ARCH_LIST='{capability[0]}.{capability[1]}': {REBUILD_COMMAND}"
+        )
