@@ -13,7 +13,7 @@ import torch
 from tcam_ray.config import ConfigError, SynthConfig, load, resolve_paths
 from tcam_ray.data import DatasetError, FrameIndex, index_dataset
 from tcam_ray.data.cam_store import CamStore
-from tcam_ray.data.pipeline import eval_dataset, quiet_ray_data, train_dataset
+from tcam_ray.data.pipeline import eval_dataset, configure_ray_data, train_dataset
 from tcam_ray.data.synthetic import generate
 from tcam_ray.train.cams import fill_cam_store
 from tcam_ray.train.checkpoints import checkpoint_config, read_meta
@@ -36,7 +36,7 @@ def dataset_root(tmp_path_factory):
 def local_ray():
     """One local Ray for the module (the trainer reuses it instead of starting its own)."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    quiet_ray_data()
+    configure_ray_data()
     yield
     ray.shutdown()
 
@@ -94,7 +94,7 @@ def test_corrupt_frame_error_names_the_file(local_ray, dataset_root, tmp_path):
 
 def test_whole_cpu_workers_that_would_starve_decoding_are_refused(local_ray, dataset_root, tmp_path):
     cfg = config(dataset_root, tmp_path, "scale.num_workers=2", "scale.cpus_per_worker=1")
-    with pytest.raises(ValueError, match=r"leaves less than 0.5 of the cluster.s 2 CPUs for decoding frames \(it would hang\)"):
+    with pytest.raises(ValueError, match=r"leaves less than 1.0 of the cluster.s 2 CPUs for decoding frames \(it would hang\)"):
         check_cpu_budget(cfg.scale)
 
 

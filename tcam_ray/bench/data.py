@@ -17,6 +17,7 @@ from ..config import Config
 from ..data import index_dataset
 from ..data.frames import IMAGE, ROW, decode_batch
 from ..data.pipeline import split_rows
+from ..train.context import PREFETCH_BATCHES
 from .common import dataset_for, log, record, scratch_dir
 
 PROCESSES = 2
@@ -54,18 +55,19 @@ def frames_per_second(passes: int, make_iter) -> float:
 def ray_data_rate(cfg: Config, index_table: pa.Table, passes: int) -> float:
     import ray
 
-    from ..data.pipeline import quiet_ray_data, train_dataset
+    from ..data.pipeline import configure_ray_data, train_dataset
     from ..train.trainer import ray_session
 
     dtypes = {IMAGE: torch.uint8, "label": torch.int64, ROW: torch.int64}
     torch.set_num_threads(1)  # as in a train worker; 2 threads make Ray's batch collation crawl here
     with ray_session(cfg.scale):
-        quiet_ray_data()
+        configure_ray_data()
         dataset = train_dataset(index_table, cfg)
         iterator = dataset.iterator()
 
         def epoch():
-            return iterator.iter_torch_batches(batch_size=cfg.input.batch_size, dtypes=dtypes)
+            return iterator.iter_torch_batches(batch_size=cfg.input.batch_size, dtypes=dtypes,
+                                               prefetch_batches=PREFETCH_BATCHES)
 
         frames_per_second(1, epoch)  # warm-up: workers, imports, caches
         rate = frames_per_second(passes, epoch)

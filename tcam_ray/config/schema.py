@@ -100,7 +100,7 @@ class InputConfig:
     # "all": every frame of every shot.
     sampling: Literal["one_per_shot", "all"] = "one_per_shot"
     batch_size: int = 32  # per worker
-    decode_batch_size: int = 64  # frames per Ray Data decode task
+    decode_batch_size: int = 128  # frames per Ray Data decode task
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 

@@ -50,6 +50,7 @@ def decode_batch(batch: dict[str, np.ndarray], root: str, train: bool, resize_si
     frames) stands for one frame drawn at random from that shot. With
     `shuffle`, the batch's rows come out in a random order.
     """
+    cv2.setNumThreads(1)  # parallelism comes from concurrent tasks; nested thread pools oversubscribe
     rng = np.random.default_rng(seed)
     if shuffle:
         order = rng.permutation(len(batch["label"]))

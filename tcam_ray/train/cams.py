@@ -60,7 +60,7 @@ def store_info(cfg: Config, index: FrameIndex, checkpoint: Path) -> StoreInfo:
 
 def fill_cam_store(cfg: Config, checkpoint: str | Path, out: str | Path, progress=None) -> StoreSummary:
     """Compute the CAMs of every training frame of cfg.dataset and write the store at `out`."""
-    from ..data.pipeline import cam_dataset, quiet_ray_data
+    from ..data.pipeline import cam_dataset, configure_ray_data
     from .trainer import ray_session
 
     started = time.perf_counter()
@@ -71,7 +71,7 @@ def fill_cam_store(cfg: Config, checkpoint: str | Path, out: str | Path, progres
     train = split_rows(index.table, "train")
     writer = CamStoreWriter(out, store_info(cfg, index, checkpoint))
     with ray_session(cfg.scale):
-        quiet_ray_data()
+        configure_ray_data()
         predictor_args = dict(checkpoint=str(checkpoint), method=cfg.cam.method, size=cfg.cam.size,
                               target=cfg.eval.cam_target, use_gpu=cfg.scale.use_gpu)
         dataset = cam_dataset(train, cfg, trained.input, CamPredictor, predictor_args)

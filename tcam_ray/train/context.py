@@ -17,6 +17,7 @@ from ..data.frames import IMAGE, LABEL, ROW, decode_batch, shots_table
 from ..data.pipeline import split_rows
 
 BATCH_DTYPES = {IMAGE: torch.uint8, LABEL: torch.int64, ROW: torch.int64}
+PREFETCH_BATCHES = 4  # decoded batches kept ready ahead of the training step
 
 
 class LocalContext:
@@ -88,7 +89,7 @@ class RayTrainContext:
     def train_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         shard = self._ray_train.get_dataset_shard("train")
         return shard.iter_torch_batches(batch_size=self.cfg.input.batch_size, dtypes=BATCH_DTYPES,
-                                        device=self.device, drop_last=True)
+                                        device=self.device, drop_last=True, prefetch_batches=PREFETCH_BATCHES)
 
     def eval_batches(self, split: str) -> Iterator[dict[str, torch.Tensor]]:
         shard = self._ray_train.get_dataset_shard(split)

@@ -94,11 +94,11 @@ def fit_on_ray(cfg: Config, job: JobSpec) -> dict:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ..data.pipeline import eval_dataset, quiet_ray_data, train_dataset
+    from ..data.pipeline import eval_dataset, configure_ray_data, train_dataset
 
     with ray_session(cfg.scale):
         check_cpu_budget(cfg.scale)
-        quiet_ray_data()
+        configure_ray_data()
         index = FrameIndex.read(job.index_path)
         trainer = TorchTrainer(
             train_loop_per_worker,
