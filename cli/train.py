@@ -7,19 +7,19 @@ import typer
 from tcam_ray import viz
 from tcam_ray.train.evaluate import evaluate_checkpoint, summary_lines
 from tcam_ray.train.metrics_log import MetricsLog
+from tcam_ray.train.loop import STAGES
 from tcam_ray.train.trainer import run_training
 
 from .common import CliError, ConfigOption, SetOption, load_config
 
-STAGES = ("cam",)
-
 
 def train(
-    stage: Annotated[str, typer.Option(help="Which stage to train: cam (stage 1, the CAM classifier).")] = "cam",
+    stage: Annotated[str, typer.Option(help="cam: stage 1, the CAM classifier; tcam: stage 2, the TCAM decoder "
+                                            "(needs --set tcam.cams=STORE from `tcam-ray cams`).")] = "cam",
     config: ConfigOption = None,
     set_: SetOption = None,
 ):
-    """Train a stage on Ray Train workers (scale.num_workers; 0 = in this process, without Ray).
+    """Train stage 1 (cam) or stage 2 (tcam) on Ray Train workers (scale.num_workers; 0 = in this process, without Ray).
 
     Runs on the embedded local Ray, or on the cluster at scale.address / RAY_ADDRESS. The run folder
     ({run.root}/{run.name}) gets config.yaml, frame_index.parquet, metrics.jsonl, checkpoints/

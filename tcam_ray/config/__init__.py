@@ -9,12 +9,12 @@ from .loader import ConfigError, dump_config, from_dict, to_dict
 from .loader import load_config as _load_config
 from .schema import (
     CamConfig, Config, DatasetConfig, EvalConfig, InputConfig, ModelConfig, RunConfig, ScaleConfig, SynthConfig,
-    TrainConfig,
+    TcamConfig, TrainConfig,
 )
 
 __all__ = [
     "CamConfig", "Config", "ConfigError", "DatasetConfig", "EvalConfig", "InputConfig", "ModelConfig", "RunConfig",
-    "ScaleConfig", "SynthConfig", "TrainConfig",
+    "ScaleConfig", "SynthConfig", "TcamConfig", "TrainConfig",
     "config_from_dict", "dump_config", "load", "resolve_paths", "to_dict",
 ]
 

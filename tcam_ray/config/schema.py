@@ -177,6 +177,61 @@ class CamConfig:
 
 
 @dataclass
+class TcamConfig:
+    """Stage 2 (TCAM): pseudo-labels from neighbour-frame CAMs, the decoder and its losses.
+    Defaults are the paper's."""
+
+    cams: Optional[str] = None  # the CAM store (tcam-ray cams); its checkpoint is the stage-1 classifier
+    # CAM temporal max-pooling over the frame and its n neighbours in the shot
+    n: int = 1
+    direction: Literal["before", "after", "both"] = "before"
+    sharpen: Optional[float] = None  # h of exp(h * cam) / max, or none
+    # region of interest: Otsu threshold of the pooled CAM, then blobs
+    roi: Literal["all", "largest", "densest"] = "all"
+    min_size: float = 0.05  # blobs smaller than this fraction of the frame are dropped
+    # seeds: foreground among the top max_p of the ROI's values, background among the bottom min_p
+    max_p: float = 0.6
+    min_p: float = 0.1
+    fg_seeds: int = 1
+    bg_seeds: int = 1
+    ksz: int = 3  # seeds dilated by a ksz x ksz square
+    weighted_seeds: bool = True  # foreground seeds drawn in proportion to the CAM
+    # model
+    freeze_classifier: bool = True  # encoder and head of stage 1 stay fixed
+    decoder_widths: Optional[list[int]] = None
+    # losses: each with a switch and a weight
+    self_learning: bool = True
+    self_learning_weight: float = 1.0
+    crf: bool = True
+    crf_weight: float = 2e-9
+    crf_sigma_rgb: float = 15.0
+    crf_sigma_xy: float = 100.0
+    crf_scale: float = 1.0
+    max_size: bool = True
+    max_size_weight: float = 0.01
+    elb_init_t: float = 1.0
+    elb_max_t: float = 10.0
+    elb_mulcoef: float = 1.01
+    entropy: bool = False
+    entropy_weight: float = 1.0
+    size_band: bool = False
+    size_band_weight: float = 1.0
+    size_band_margin: float = 0.1
+    bg_larger: bool = False
+    bg_larger_weight: float = 1.0
+    outside_box: bool = False
+    outside_box_weight: float = 1.0
+
+    def __post_init__(self):
+        require(self.n >= 0, "tcam.n", f"must be >= 0 (0: no temporal pooling), got {self.n}")
+        require(0 < self.max_p <= 1 and 0 < self.min_p <= 1, "tcam.max_p", "max_p and min_p are fractions in (0, 1]")
+        require(self.fg_seeds >= 0 and self.bg_seeds >= 0, "tcam.fg_seeds", "seed counts must be >= 0")
+        require(self.ksz >= 1 and self.ksz % 2 == 1, "tcam.ksz", f"must be an odd size >= 1, got {self.ksz}")
+        require(0 <= self.min_size < 1, "tcam.min_size", "is a fraction of the frame in [0, 1)")
+        require(self.crf_scale > 0 and self.crf_scale <= 1, "tcam.crf_scale", "must be in (0, 1]")
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -187,3 +242,4 @@ class Config:
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cam: CamConfig = field(default_factory=CamConfig)
+    tcam: TcamConfig = field(default_factory=TcamConfig)

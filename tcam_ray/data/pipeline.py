@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import ray.data
 
 from ..config import Config
+from .buffers import neighbour_offsets, training_rows
 from .frames import ROW, decode_batch, shots_table, with_row_numbers
 
 DECODE_CPUS = 1.0  # per decode task (each decodes with one OpenCV thread)
@@ -98,4 +99,22 @@ def cam_dataset(rows: pa.Table, cfg: Config, input_cfg, predictor_cls, predictor
         num_cpus=cfg.cam.cpus_per_actor,
         num_gpus=1 if cfg.scale.use_gpu else 0,
         fn_constructor_kwargs=predictor_args,
+    )
+
+
+def buffer_train_dataset(shots: pa.Table, cfg: Config, cam_size: int, cam_dtype: str) -> ray.data.Dataset:
+    """Stage-2 training rows (frame + neighbour CAM buffer, cropped and flipped together) from
+    shot rows (`buffers.shots_from_store`); each pass draws new frames, crops and order."""
+    frames_per_shot = max(1, int(np.mean([len(f) for f in shots["frame_ids"].to_pylist()])))
+    every_frame = cfg.input.sampling == "all"
+    shots_per_task = max(1, cfg.input.decode_batch_size // (frames_per_shot if every_frame else 1))
+    dataset = ray.data.from_arrow(blocks_of(permuted(shots, cfg.train.seed), shots_per_task))
+    return dataset.randomize_block_order().map_batches(
+        training_rows,
+        batch_format="pyarrow",
+        batch_size=shots_per_task,
+        num_cpus=DECODE_CPUS,
+        fn_kwargs=dict(root=cfg.dataset.root, offsets=neighbour_offsets(cfg.tcam.n, cfg.tcam.direction),
+                       cam_size=cam_size, cam_dtype=cam_dtype, resize=cfg.input.resize_size,
+                       crop=cfg.input.crop_size, flip=cfg.input.flip, every_frame=every_frame),
     )

@@ -1,1 +1,2 @@
-"""Training: the per-worker loop (stage1), its contexts, checkpoints, and the driver (trainer)."""
+"""Training: the shared runner and each stage's, their contexts (Ray Train or in-process),
+checkpoints, the worker entry point (loop) and the driver (trainer)."""

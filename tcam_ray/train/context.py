@@ -6,18 +6,55 @@ the checkpoint to restart from, and a way to report an epoch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from ..config import Config
+from ..data.buffers import BUFFER, VALID, neighbour_offsets, training_rows
 from ..data.frames import IMAGE, LABEL, ROW, decode_batch, shots_table
 from ..data.pipeline import split_rows
 
-BATCH_DTYPES = {IMAGE: torch.uint8, LABEL: torch.int64, ROW: torch.int64}
+EVAL_DTYPES = {IMAGE: torch.uint8, LABEL: torch.int64, ROW: torch.int64}
+TRAIN_DTYPES = {"cam": EVAL_DTYPES, "tcam": {IMAGE: torch.uint8, BUFFER: torch.uint8, VALID: torch.bool,
+                                              LABEL: torch.int64}}
 PREFETCH_BATCHES = 4  # decoded batches kept ready ahead of the training step
+
+# In-process training data: (rng) -> numpy batches of input.batch_size (last partial one dropped).
+LocalSource = Callable[[np.random.Generator], Iterator[dict[str, np.ndarray]]]
+
+
+def frame_source(cfg: Config, index_table: pa.Table) -> LocalSource:
+    """Stage 1 in-process: frames decoded here, shuffled, one per shot or all."""
+    rows = split_rows(index_table, "train")
+    if cfg.input.sampling == "one_per_shot":
+        rows = shots_table(rows.select(["frame_id", "shot_id", "label", ROW]))
+
+    def batches(rng: np.random.Generator):
+        order = rng.permutation(rows.num_rows)
+        for start in range(0, len(order) - cfg.input.batch_size + 1, cfg.input.batch_size):
+            part = rows.take(order[start:start + cfg.input.batch_size])
+            columns = {name: part[name].to_pylist() for name in part.column_names if name in ("frame_id", "frame_ids")}
+            columns.update({LABEL: part[LABEL].to_numpy(), ROW: part[ROW].to_numpy()})
+            yield decode_batch(columns, cfg.dataset.root, True, cfg.input.resize_size, cfg.input.crop_size,
+                               cfg.input.flip, seed=int(rng.integers(2**31)))
+    return batches
+
+
+def buffer_source(cfg: Config, shots: pa.Table, cam_size: int, cam_dtype: str) -> LocalSource:
+    """Stage 2 in-process: frames with their neighbour CAM buffers, built here."""
+    offsets = neighbour_offsets(cfg.tcam.n, cfg.tcam.direction)
+
+    def batches(rng: np.random.Generator):
+        rows = training_rows(shots.take(rng.permutation(shots.num_rows)), cfg.dataset.root, offsets, cam_size,
+                             cam_dtype, cfg.input.resize_size, cfg.input.crop_size, cfg.input.flip,
+                             every_frame=cfg.input.sampling == "all", seed=int(rng.integers(2**31)))
+        size = cfg.input.batch_size
+        for start in range(0, len(rows[LABEL]) - size + 1, size):
+            yield {name: values[start:start + size] for name, values in rows.items()}
+    return batches
 
 
 class LocalContext:
@@ -26,55 +63,50 @@ class LocalContext:
     world_rank = 0
     world_size = 1
 
-    def __init__(self, cfg: Config, index_table: pa.Table, restore_from: Path | None = None):
+    def __init__(self, cfg: Config, index_table: pa.Table, restore_from: Path | None = None,
+                 train_source: LocalSource | None = None):
         self.cfg = cfg
         self.index_table = index_table
         self.restore_from = restore_from
+        self.train_source = train_source
         self.device = torch.device("cuda" if cfg.scale.use_gpu and torch.cuda.is_available() else "cpu")
-        self.reports: list[dict] = []
         self.rng = np.random.default_rng(cfg.train.seed)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
 
+    def to_device(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.require(v, requirements="W")).to(self.device) for k, v in batch.items()}
+
     def train_batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        rows = split_rows(self.index_table, "train")
-        if self.cfg.input.sampling == "one_per_shot":
-            rows = shots_table(rows.select(["frame_id", "shot_id", "label", ROW]))
-        order = self.rng.permutation(rows.num_rows)
-        batch = self.cfg.input.batch_size
-        for start in range(0, len(order) - batch + 1, batch):  # drop_last, as in the Ray path
-            yield self.decode(rows.take(order[start:start + batch]), train=True)
+        return (self.to_device(batch) for batch in self.train_source(self.rng))
 
     def eval_batches(self, split: str) -> Iterator[dict[str, torch.Tensor]]:
         rows = split_rows(self.index_table, split)
         for start in range(0, rows.num_rows, self.cfg.input.batch_size):
-            yield self.decode(rows.slice(start, self.cfg.input.batch_size), train=False)
-
-    def decode(self, rows: pa.Table, train: bool) -> dict[str, torch.Tensor]:
-        columns = {name: rows[name].to_pylist() for name in rows.column_names if name in ("frame_id", "frame_ids")}
-        columns.update({LABEL: rows[LABEL].to_numpy(), ROW: rows[ROW].to_numpy()})
-        out = decode_batch(columns, self.cfg.dataset.root, train, self.cfg.input.resize_size, self.cfg.input.crop_size,
-                           self.cfg.input.flip, seed=int(self.rng.integers(2**31)))
-        return {k: torch.from_numpy(v).to(self.device) for k, v in out.items()}
+            part = rows.slice(start, self.cfg.input.batch_size)
+            columns = {"frame_id": part["frame_id"].to_pylist(), LABEL: part[LABEL].to_numpy(), ROW: part[ROW].to_numpy()}
+            yield self.to_device(decode_batch(columns, self.cfg.dataset.root, False, self.cfg.input.resize_size,
+                                              self.cfg.input.crop_size))
 
     def restore_checkpoint(self) -> Path | None:
         return self.restore_from
 
     def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
-        self.reports.append(dict(metrics))
+        pass
 
 
 class RayTrainContext:
     """Inside `train_loop_per_worker`: shards from Ray Data, DDP, Ray Train checkpoints."""
 
-    def __init__(self, cfg: Config, index_table: pa.Table, restore_from: Path | None = None):
+    def __init__(self, cfg: Config, index_table: pa.Table, restore_from: Path | None, train_dtypes: dict):
         import ray.train
         import ray.train.torch
 
         self.cfg = cfg
         self.index_table = index_table
         self.restore_from = restore_from
+        self.train_dtypes = train_dtypes
         context = ray.train.get_context()
         self.world_rank = context.get_world_rank()
         self.world_size = context.get_world_size()
@@ -88,12 +120,12 @@ class RayTrainContext:
 
     def train_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         shard = self._ray_train.get_dataset_shard("train")
-        return shard.iter_torch_batches(batch_size=self.cfg.input.batch_size, dtypes=BATCH_DTYPES,
+        return shard.iter_torch_batches(batch_size=self.cfg.input.batch_size, dtypes=self.train_dtypes,
                                         device=self.device, drop_last=True, prefetch_batches=PREFETCH_BATCHES)
 
     def eval_batches(self, split: str) -> Iterator[dict[str, torch.Tensor]]:
         shard = self._ray_train.get_dataset_shard(split)
-        return shard.iter_torch_batches(batch_size=self.cfg.input.batch_size, dtypes=BATCH_DTYPES,
+        return shard.iter_torch_batches(batch_size=self.cfg.input.batch_size, dtypes=EVAL_DTYPES,
                                         device=self.device)
 
     def restore_checkpoint(self) -> Path | None:

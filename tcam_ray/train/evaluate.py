@@ -10,6 +10,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,20 +25,45 @@ from ..evaluation.boxes import predict_boxes
 from ..io import atomic_write_text
 from ..methods.cam import compute_cam_output
 from ..models import build_classifier
+from ..models.tcam import build_tcam_model, foreground_map
 from .checkpoints import checkpoint_config, load_state, read_meta
 from .context import LocalContext
-from .stage1 import EvalTargets
+from .runner import EvalTargets
 
 GRID_FRAMES = 12
 SUMMARY_KEYS = ("corloc", "maxboxacc_v2", "maxboxacc", "per_class", "top1", "best_threshold", "frames")
 
 
 def load_classifier(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict, Config]:
+    """A stage-1 checkpoint's classifier (eval mode), its meta and its training config."""
     meta = read_meta(checkpoint)
     trained = checkpoint_config(checkpoint)
     model = build_classifier(trained.model.arch, len(meta["classes"]), layer4_stride=trained.model.layer4_stride)
     model.load_state_dict(load_state(checkpoint, device)["model"])
     return model.to(device).eval(), meta, trained
+
+
+def load_predictor(checkpoint: Path, device: torch.device, cfg: Config) -> tuple[Callable, dict, Config]:
+    """(images, labels) -> (maps, predicted classes) for a checkpoint of either stage."""
+    meta = read_meta(checkpoint)
+    trained = checkpoint_config(checkpoint)
+    if meta.get("stage") == "tcam":
+        model = build_tcam_model(trained.model.arch, len(meta["classes"]), layer4_stride=trained.model.layer4_stride,
+                                 decoder_widths=trained.tcam.decoder_widths)
+        model.load_state_dict(load_state(checkpoint, device)["model"])
+        model = model.to(device).eval()
+
+        def tcam_maps(images, labels):
+            with torch.no_grad():
+                out = model(images)
+            return foreground_map(out.seg_logits), out.cls_logits.argmax(1)
+        return tcam_maps, meta, trained
+    classifier, meta, trained = load_classifier(checkpoint, device)
+
+    def cam_maps(images, labels):
+        out = compute_cam_output(classifier, images, labels if cfg.eval.cam_target == "true" else None, cfg.cam.method)
+        return out.maps, out.logits.argmax(1)
+    return cam_maps, meta, trained
 
 
 def check_same_classes(meta: dict, index: FrameIndex, checkpoint: Path) -> None:
@@ -52,7 +78,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: Config, split: str, out_dir
     started = time.perf_counter()
     checkpoint = Path(checkpoint)
     device = torch.device("cuda" if cfg.scale.use_gpu and torch.cuda.is_available() else "cpu")
-    model, meta, trained = load_classifier(checkpoint, device)
+    predict, meta, trained = load_predictor(checkpoint, device, cfg)
     index = index_dataset(cfg.dataset)
     check_same_classes(meta, index, checkpoint)
     run_cfg = dataclasses.replace(cfg, input=trained.input, model=trained.model)
@@ -63,15 +89,15 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: Config, split: str, out_dir
     for batch in LocalContext(run_cfg, index.table).eval_batches(split):
         images = normalise(batch[IMAGE], trained.input.mean, trained.input.std)
         labels = batch[LABEL]
-        out = compute_cam_output(model, images, labels if cfg.eval.cam_target == "true" else None, cfg.cam.method)
+        maps, predictions = predict(images, labels)
         boxes, sizes = targets.lookup(batch[ROW])
-        evaluator.add(out.maps, boxes, sizes, labels.cpu().numpy(), out.logits.argmax(1).cpu().numpy())
+        evaluator.add(maps, boxes, sizes, labels.cpu().numpy(), predictions.cpu().numpy())
         if len(shown) < GRID_FRAMES:
-            shown += list(zip(batch[IMAGE].cpu().numpy(), out.maps.cpu().numpy(), boxes, sizes))[: GRID_FRAMES - len(shown)]
+            shown += list(zip(batch[IMAGE].cpu().numpy(), maps.cpu().numpy(), boxes, sizes))[: GRID_FRAMES - len(shown)]
     result = evaluator.result()
     report = {
         "dataset": cfg.dataset.name, "split": split, "checkpoint": str(checkpoint),
-        "stages": {"cam": {k: result[k] for k in SUMMARY_KEYS if k in result}},
+        "stages": {meta.get("stage", "cam"): {k: result[k] for k in SUMMARY_KEYS if k in result}},
         "runtime_s": round(time.perf_counter() - started, 2),
     }
     write_outputs(out_dir, report, result, shown, cfg)
@@ -99,9 +125,10 @@ def cam_grid(shown: list, threshold: float, box_mode: str) -> np.ndarray:
 
 
 def summary_lines(report: dict) -> list[str]:
-    cam = report["stages"]["cam"]
-    lines = [f"{report['dataset']} / {report['split']}: {cam['frames']} frames",
-             f"CorLoc {cam['corloc']:.1f}%  (best threshold {cam['best_threshold']:.2f})",
-             f"MaxBoxAccV2 {cam['maxboxacc_v2']:.1f}%  top-1 {cam['top1']:.1f}%"]
-    lines += [f"  {name:<16} CorLoc {value:.1f}%" for name, value in cam["per_class"].items()]
+    lines = []
+    for stage, result in report["stages"].items():
+        lines += [f"{stage.upper()} on {report['dataset']} / {report['split']}: {result['frames']} frames",
+                  f"CorLoc {result['corloc']:.1f}%  (best threshold {result['best_threshold']:.2f})",
+                  f"MaxBoxAccV2 {result['maxboxacc_v2']:.1f}%  top-1 {result['top1']:.1f}%"]
+        lines += [f"  {name:<16} CorLoc {value:.1f}%" for name, value in result["per_class"].items()]
     return lines

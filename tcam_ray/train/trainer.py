@@ -9,6 +9,7 @@ resumed from its last one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -18,10 +19,14 @@ from pathlib import Path
 
 from ..config import Config, ScaleConfig, to_dict
 from ..data import FrameIndex, index_dataset
+from ..data.buffers import shots_from_store
+from ..data.cam_store import CamStore, checkpoint_id
 from ..runs import create_run_dir
-from .checkpoints import CheckpointKeeper
+from .checkpoints import STATE_FILE, CheckpointKeeper, checkpoint_config
+from .context import LocalContext, buffer_source, frame_source
+from .loop import job_dict, runner_class, train_loop_per_worker
 from .metrics_log import MetricsLog
-from .stage1 import JobSpec, Stage1Runner, job_dict, train_loop_per_worker
+from .runner import JobSpec
 
 LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
@@ -73,20 +78,59 @@ def check_cpu_budget(scale: ScaleConfig) -> None:
             "lower scale.cpus_per_worker (fractions like 0.5 work) or scale.num_workers")
 
 
-def prepare_run(cfg: Config, stage: str) -> tuple[Path, JobSpec]:
+def prepare_run(cfg: Config, stage: str) -> tuple[Config, Path, JobSpec]:
+    """The run folder with its config and frame index; for stage tcam the CAM store is checked
+    and the model section becomes the stage-1 classifier's (the decoder sits on that encoder)."""
+    runner_class(stage)  # an unknown stage fails before anything is written
+    if stage == "tcam":
+        cfg = dataclasses.replace(cfg, model=classifier_config(cfg).model)
     run_dir = create_run_dir(cfg, f"train-{stage}")
     index_path = run_dir / "frame_index.parquet"
-    index_dataset(cfg.dataset).write(index_path)
+    index = index_dataset(cfg.dataset)
+    index.write(index_path)
+    if stage == "tcam":
+        check_cam_store(cfg, index)
     latest = CheckpointKeeper(run_dir, cfg.train.keep_last).latest()
-    return run_dir, JobSpec(str(run_dir), str(index_path), str(latest) if latest else None)
+    return cfg, run_dir, JobSpec(str(run_dir), str(index_path), stage, str(latest) if latest else None)
+
+
+def classifier_config(cfg: Config) -> Config:
+    """The config the CAM store's stage-1 checkpoint was trained with."""
+    if not cfg.tcam.cams:
+        raise ValueError("stage tcam needs a CAM store: --set tcam.cams=PATH (made by `tcam-ray cams`)")
+    return checkpoint_config(Path(CamStore.read(cfg.tcam.cams).info.checkpoint))
+
+
+def check_cam_store(cfg: Config, index: FrameIndex) -> CamStore:
+    """The store stage 2 learns from: made for this dataset, from a checkpoint still there."""
+    store = CamStore.read(cfg.tcam.cams, dataset_fingerprint=index.info.fingerprint)
+    state_file = Path(store.info.checkpoint) / STATE_FILE
+    if not state_file.exists():
+        raise ValueError(f"{cfg.tcam.cams} was made from checkpoint {store.info.checkpoint}, which is gone")
+    return CamStore.read(cfg.tcam.cams, checkpoint=checkpoint_id(state_file))
+
+
+def local_source(cfg: Config, job: JobSpec, index: FrameIndex):
+    if job.stage == "cam":
+        return frame_source(cfg, index.table)
+    store = CamStore.read(cfg.tcam.cams)
+    return buffer_source(cfg, shots_from_store(store), store.info.size, store.info.dtype)
 
 
 def fit_in_process(cfg: Config, job: JobSpec) -> dict:
-    from .context import LocalContext
-
     index = FrameIndex.read(job.index_path)
     resume = Path(job.resume_from) if job.resume_from else None
-    return Stage1Runner(cfg, job, LocalContext(cfg, index.table, resume)).fit()
+    ctx = LocalContext(cfg, index.table, resume, local_source(cfg, job, index))
+    return runner_class(job.stage)(cfg, job, ctx).fit()
+
+
+def ray_train_dataset(cfg: Config, job: JobSpec, index: FrameIndex):
+    from ..data.pipeline import buffer_train_dataset, train_dataset
+
+    if job.stage == "cam":
+        return train_dataset(index.table, cfg)
+    store = CamStore.read(cfg.tcam.cams)
+    return buffer_train_dataset(shots_from_store(store), cfg, store.info.size, store.info.dtype)
 
 
 def fit_on_ray(cfg: Config, job: JobSpec) -> dict:
@@ -94,7 +138,7 @@ def fit_on_ray(cfg: Config, job: JobSpec) -> dict:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ..data.pipeline import eval_dataset, configure_ray_data, train_dataset
+    from ..data.pipeline import configure_ray_data, eval_dataset
 
     with ray_session(cfg.scale):
         check_cpu_budget(cfg.scale)
@@ -112,7 +156,8 @@ def fit_on_ray(cfg: Config, job: JobSpec) -> dict:
                 failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
                 logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             ),
-            datasets={"train": train_dataset(index.table, cfg), cfg.eval.split: eval_dataset(index.table, cfg, cfg.eval.split)},
+            datasets={"train": ray_train_dataset(cfg, job, index),
+                      cfg.eval.split: eval_dataset(index.table, cfg, cfg.eval.split)},
             dataset_config=DataConfig(datasets_to_split=["train"]),
         )
         result = trainer.fit()
@@ -163,9 +208,7 @@ def epoch_line(record: dict, epochs: int) -> str:
 
 def run_training(cfg: Config, stage: str = "cam", out=print) -> TrainResult:
     """Train (resuming the run folder's last checkpoint if any); `out` receives one line per epoch and split."""
-    if stage != "cam":
-        raise ValueError(f"unknown stage {stage!r}; available: cam")
-    run_dir, job = prepare_run(cfg, stage)
+    cfg, run_dir, job = prepare_run(cfg, stage)
     with EpochPrinter(job.metrics_path, cfg.train.epochs, out):
         metrics = fit_in_process(cfg, job) if cfg.scale.num_workers == 0 else fit_on_ray(cfg, job)
     keeper = CheckpointKeeper(run_dir, cfg.train.keep_last)
