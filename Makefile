@@ -22,11 +22,8 @@ $(STAMP): pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
 	$(BIN)/python -m pip install --quiet --no-build-isolation -e ".[test]"
 	touch $(STAMP)
 
-# Today: the synthetic dataset, checked and indexed. Grows into the whole chain
-# (stage 1, CAM store, stage 2, report) as those verbs land.
 demo: $(STAMP)
-	$(BIN)/tcam-ray synth $(DEMO_DIR)/data --overwrite
-	$(BIN)/tcam-ray index --root $(DEMO_DIR)/data --set run.root=$(DEMO_DIR) --set run.name=index
+	$(BIN)/tcam-ray demo --config configs/demo.yaml --out $(DEMO_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -8,7 +8,7 @@ import typer
 from tcam_ray.config import ConfigError
 from tcam_ray.data import DatasetError
 
-from . import bench, cams, config_cmd, doctor, evaluate, index, synth, train
+from . import bench, cams, config_cmd, demo, doctor, evaluate, index, synth, train
 from .common import CliError, stderr
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app.command()(index.index)
 app.command()(train.train)
 app.command()(cams.cams)
 app.command()(evaluate.evaluate)
+app.command()(demo.demo)
 app.command()(bench.bench)
 app.command()(doctor.doctor)
 app.command()(config_cmd.config)

@@ -35,7 +35,13 @@ def store_cases(cfg: Config, repeats: int, threads: Optional[int]):
     return run_store_bench(cfg)
 
 
-BENCHES = {"crf": crf_cases, "data": data_cases, "train": train_cases, "store": store_cases}
+def seeds_cases(cfg: Config, repeats: int, threads: Optional[int]):
+    from tcam_ray.bench.seeds import run_seeds_bench
+
+    return run_seeds_bench(repeats)
+
+
+BENCHES = {"crf": crf_cases, "data": data_cases, "train": train_cases, "store": store_cases, "seeds": seeds_cases}
 
 
 def bench(
@@ -50,6 +56,7 @@ def bench(
     crf: CRF loss forward+backward vs the reference's per-channel strategy. data: Ray Data
     pipeline vs a torch DataLoader. train: one-worker Ray Train step throughput vs the same
     loop in-process. store: CAM store bytes per frame vs one float32 full-size map per frame.
+    seeds: the batched stage-2 pseudo-label step vs a per-frame NumPy/OpenCV reference.
     data/train/store run on the config's dataset, or generate the synthetic one when it is absent.
     """
     if kind not in BENCHES:

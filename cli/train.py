@@ -4,9 +4,7 @@ from typing import Annotated
 
 import typer
 
-from tcam_ray import viz
 from tcam_ray.train.evaluate import evaluate_checkpoint, summary_lines
-from tcam_ray.train.metrics_log import MetricsLog
 from tcam_ray.train.loop import STAGES
 from tcam_ray.train.trainer import run_training
 
@@ -31,7 +29,6 @@ def train(
         raise CliError(f"unknown stage {stage!r}; available: {', '.join(STAGES)}")
     cfg = load_config(config, set_)
     result = run_training(cfg, stage)
-    viz.plot_training_curves(MetricsLog(result.run_dir / "metrics.jsonl").records(), result.run_dir / "curves.png")
     typer.echo(f"run folder: {result.run_dir}")
     if result.best_corloc is not None:
         report = evaluate_checkpoint(result.best_corloc, cfg, cfg.eval.split, result.run_dir)

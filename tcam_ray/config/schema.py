@@ -216,7 +216,7 @@ class TcamConfig:
     entropy_weight: float = 1.0
     size_band: bool = False
     size_band_weight: float = 1.0
-    size_band_margin: float = 0.1
+    size_band_margin: float = 0.001  # the paper code's sizefg_tmp_tc_eps
     bg_larger: bool = False
     bg_larger_weight: float = 1.0
     outside_box: bool = False
@@ -232,6 +232,21 @@ class TcamConfig:
 
 
 @dataclass
+class DemoConfig:
+    """`tcam-ray demo`: each stage's optimisation (the train section gives the rest) and the ablation."""
+
+    cam_epochs: int = 10
+    cam_lr: float = 0.05
+    tcam_epochs: int = 6
+    tcam_lr: float = 0.01
+    ablation: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # n values trained and compared
+
+    def __post_init__(self):
+        require(self.cam_epochs >= 1 and self.tcam_epochs >= 1, "demo.cam_epochs", "epochs must be at least 1")
+        require(all(n >= 0 for n in self.ablation), "demo.ablation", "n values must be >= 0")
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -243,3 +258,4 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     cam: CamConfig = field(default_factory=CamConfig)
     tcam: TcamConfig = field(default_factory=TcamConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)

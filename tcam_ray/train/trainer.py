@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import viz
 from ..config import Config, ScaleConfig, to_dict
 from ..data import FrameIndex, index_dataset
 from ..data.buffers import shots_from_store
@@ -211,6 +212,7 @@ def run_training(cfg: Config, stage: str = "cam", out=print) -> TrainResult:
     cfg, run_dir, job = prepare_run(cfg, stage)
     with EpochPrinter(job.metrics_path, cfg.train.epochs, out):
         metrics = fit_in_process(cfg, job) if cfg.scale.num_workers == 0 else fit_on_ray(cfg, job)
+    viz.plot_training_curves(MetricsLog(job.metrics_path).records(), run_dir / "curves.png")
     keeper = CheckpointKeeper(run_dir, cfg.train.keep_last)
     best = {name: keeper.folder / f"best-{name}" for name in ("corloc", "top1")}
     return TrainResult(run_dir, metrics, *(p if p.exists() else None for p in best.values()), keeper.latest())

@@ -1,0 +1,229 @@
+"""`tcam-ray bench seeds`: the batched stage-2 pseudo-label step against a per-frame numpy + OpenCV reference.
+
+The reference below is the same algorithm (the conventions of
+tcam_ray/methods/pseudo_labels.py) written one frame at a time in the plainest
+way: cv2.threshold with THRESH_OTSU, cv2.connectedComponentsWithStats, sorted
+levels for the seed quantiles, numpy's choice for the draws, cv2.dilate. The
+tests use it as the ground truth, so keep it obviously correct rather than
+fast.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tcam_ray.methods.pseudo_labels import pseudo_labels
+
+BASELINE_NAME = "per-frame reference (numpy + OpenCV)"
+
+
+# ----------------------------------------------------------------------------- per-frame reference
+
+
+def reference_cam_tmp(buffer: np.ndarray, valid: np.ndarray, sharpen: float | None = None) -> np.ndarray:
+    """(h, w) float32 max over the valid entries of one frame's (T, h, w) buffer; zeros if none is valid."""
+    entries = buffer.astype(np.float32)[valid.astype(bool)]
+    pooled = entries.max(axis=0) if len(entries) else np.zeros(buffer.shape[1:], np.float32)
+    if sharpen is not None:
+        scaled = np.float32(sharpen) * pooled
+        pooled = np.exp(scaled - scaled.max()).astype(np.float32)
+    return pooled
+
+
+def reference_levels(cam: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(cam.astype(np.float32) * np.float32(255), 0, 255)).astype(np.uint8)
+
+
+def reference_otsu(cam: np.ndarray) -> float:
+    """OpenCV's Otsu threshold of the map's 0-255 levels, as t / 255."""
+    level, _ = cv2.threshold(reference_levels(cam), 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    return level / 255.0
+
+
+def reference_roi(cam: np.ndarray, threshold: float, mode: str = "all", min_size: float = 0.05) -> np.ndarray:
+    """(h, w) bool: 8-connected blobs of levels above the threshold's level, filtered by mode."""
+    foreground = (reference_levels(cam) > round(threshold * 255)).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(foreground, connectivity=8)
+    blobs = list(range(1, count))
+    if not blobs:
+        return np.zeros(cam.shape, bool)
+    area = {blob: int(stats[blob, cv2.CC_STAT_AREA]) for blob in blobs}
+    big = [blob for blob in blobs if area[blob] >= min_size * cam.size]
+    largest = _first_in_raster_order(labels, _best(blobs, area))
+    if mode == "largest" or not big:
+        keep = [largest]
+    elif mode == "all":
+        keep = big
+    else:
+        mean = {blob: float(cam[labels == blob].astype(np.float64).mean()) for blob in big}
+        keep = [_first_in_raster_order(labels, _best(big, mean))]
+    return np.isin(labels, keep)
+
+
+def _best(blobs: list[int], score: dict) -> list[int]:
+    top = max(score[blob] for blob in blobs)
+    return [blob for blob in blobs if score[blob] == top]
+
+
+def _first_in_raster_order(labels: np.ndarray, tied: list[int]) -> int:
+    return min(tied, key=lambda blob: int(np.flatnonzero(labels.ravel() == blob)[0]))
+
+
+def reference_seed_regions(cam: np.ndarray, roi: np.ndarray, max_p: float = 0.6,
+                           min_p: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """(foreground, background): top max_p of the ROI's levels; bottom min_p of the frame's, minus the ROI."""
+    levels = reference_levels(cam)
+    if levels.min() == levels.max():
+        return np.zeros(cam.shape, bool), np.zeros(cam.shape, bool)
+    foreground = np.zeros(cam.shape, bool)
+    top = _quantile_count(max_p, int(roi.sum()))
+    if top:
+        cut = np.sort(levels[roi])[::-1][top - 1]
+        foreground = roi & (levels >= cut)
+    background = np.zeros(cam.shape, bool)
+    bottom = _quantile_count(min_p, cam.size)
+    if bottom:
+        cut = np.sort(levels.ravel())[bottom - 1]
+        background = ~roi & (levels <= cut)
+    return foreground, background
+
+
+def _quantile_count(fraction: float, population: int) -> int:
+    if fraction <= 0 or population == 0:
+        return 0
+    return max(1, int(np.floor(fraction * population)))
+
+
+def reference_seeds(cam: np.ndarray, roi: np.ndarray, rng: np.random.Generator, max_p: float = 0.6,
+                    min_p: float = 0.1, n_fg: int = 1, n_bg: int = 1, ksz: int = 3, weighted: bool = True,
+                    ignore_index: int = -100) -> np.ndarray:
+    """(h, w) int64 seeds of one frame: 1 foreground, 0 background, ignore_index elsewhere."""
+    foreground, background = reference_seed_regions(cam, roi, max_p, min_p)
+    fg_points = _draw(foreground, cam if weighted else None, n_fg, rng)
+    bg_points = _draw(background, None, n_bg, rng)
+    square = np.ones((ksz, ksz), np.uint8)
+    fg_squares = cv2.dilate(fg_points.astype(np.uint8), square).astype(bool)
+    bg_squares = cv2.dilate(bg_points.astype(np.uint8), square).astype(bool) & ~roi
+    seeds = np.full(cam.shape, ignore_index, np.int64)
+    seeds[fg_squares & ~bg_squares] = 1
+    seeds[bg_squares & ~fg_squares] = 0
+    return seeds
+
+
+def _draw(region: np.ndarray, weights: np.ndarray | None, draws: int, rng: np.random.Generator) -> np.ndarray:
+    pixels = np.flatnonzero(region)
+    points = np.zeros(region.shape, bool)
+    if weights is not None:
+        probability = weights.ravel()[pixels].astype(np.float64)
+        pixels, probability = pixels[probability > 0], probability[probability > 0]
+    if len(pixels) == 0 or draws == 0:
+        return points
+    p = None if weights is None else probability / probability.sum()
+    points.ravel()[rng.choice(pixels, size=min(draws, len(pixels)), replace=False, p=p)] = True
+    return points
+
+
+def reference_pseudo_labels(buffer: np.ndarray, valid: np.ndarray, rng: np.random.Generator,
+                            sharpen: float | None = None, roi_mode: str = "all", min_size: float = 0.05,
+                            max_p: float = 0.6, min_p: float = 0.1, n_fg: int = 1, n_bg: int = 1, ksz: int = 3,
+                            weighted: bool = True, ignore_index: int = -100) -> dict[str, np.ndarray]:
+    """The whole step, one frame at a time: pooled, roi, seeds, thresholds (stacked over the batch)."""
+    out = {"pooled": [], "roi": [], "seeds": [], "thresholds": []}
+    for frame_buffer, frame_valid in zip(buffer, valid):
+        pooled = reference_cam_tmp(frame_buffer, frame_valid, sharpen)
+        threshold = reference_otsu(pooled)
+        roi = reference_roi(pooled, threshold, roi_mode, min_size)
+        seeds = reference_seeds(pooled, roi, rng, max_p, min_p, n_fg, n_bg, ksz, weighted, ignore_index)
+        for key, value in zip(out, (pooled, roi, seeds, threshold)):
+            out[key].append(value)
+    return {key: np.stack(values) for key, values in out.items()}
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def synthetic_buffers(frames: int = 32, entries: int = 2, size: int = 224, coarse: int = 7,
+                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth CAM-like buffers (frames, entries, size, size) in [0, 1]: random coarse maps upsampled; all valid
+    but the neighbour of every fourth frame (a shot's first frame)."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse_maps = torch.rand(frames * entries, 1, coarse, coarse, generator=generator) ** 2
+    maps = F.interpolate(coarse_maps, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+    low = maps.amin(dim=(2, 3), keepdim=True)
+    high = maps.amax(dim=(2, 3), keepdim=True)
+    buffer = ((maps - low) / (high - low)).reshape(frames, entries, size, size)
+    valid = torch.ones(frames, entries, dtype=torch.bool)
+    valid[::4, 1:] = False
+    return buffer, valid
+
+
+def _paired_medians(ours, baseline, repeats: int, sync) -> tuple[float, float]:
+    """Median ms of each step, timed alternately so that both see the same load on a shared machine."""
+    ours(), baseline()  # warm-up
+    ours_ms, baseline_ms = [], []
+    for _ in range(repeats):
+        for step, times, wait in ((ours, ours_ms, sync), (baseline, baseline_ms, lambda: None)):
+            wait()
+            start = time.perf_counter()
+            step()
+            wait()
+            times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(ours_ms), statistics.median(baseline_ms)
+
+
+def _load() -> float | None:
+    try:
+        with open("/proc/loadavg") as handle:
+            return float(handle.read().split()[0])
+    except OSError:
+        return None
+
+
+def _case(repeats: int, roi_mode: str, device: torch.device, threads: int | None, frames: int = 32,
+          size: int = 224) -> dict:
+    buffer, valid = synthetic_buffers(frames, 2, size)
+    reference_buffer, reference_valid = buffer.numpy(), valid.numpy()
+    buffer, valid = buffer.to(device), valid.to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    rng = np.random.default_rng(0)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    default_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        ours, baseline = _paired_medians(
+            lambda: pseudo_labels(buffer, valid, roi_mode=roi_mode, generator=generator),
+            lambda: reference_pseudo_labels(reference_buffer, reference_valid, rng, roi_mode=roi_mode),
+            repeats, sync)
+        used_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(default_threads)
+    config = {"frames": frames, "T": 2, "h": size, "w": size, "roi_mode": roi_mode, "min_size": 0.05, "max_p": 0.6,
+              "min_p": 0.1, "n_fg": 1, "n_bg": 1, "ksz": 3, "weighted": True, "repeats": repeats,
+              "statistic": "median, ours and baseline timed alternately",
+              "device": "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device),
+              "torch_threads": used_threads, "baseline_device": "cpu, 1 process", "load_1min": _load()}
+    case = f"pseudo_labels_{frames}x{size}_{roi_mode}"
+    case += "_cuda" if device.type == "cuda" else ("" if threads is None else f"_{threads}thread")
+    return {"bench": "seeds", "case": case, "value": round(ours, 3), "unit": "ms", "baseline": round(baseline, 3),
+            "baseline_name": BASELINE_NAME, "speedup": round(baseline / ours, 2), "config": config}
+
+
+def run_seeds_bench(repeats: int = 20) -> Iterator[dict]:
+    """One record per case, 32 frames of 224x224 (T=2): CPU with torch's default threads (ROI all, the paper's,
+    then largest), CPU with one thread (less exposed to other jobs on a shared machine), CUDA when present."""
+    cases = [("all", torch.device("cpu"), None), ("largest", torch.device("cpu"), None),
+             ("all", torch.device("cpu"), 1)]
+    if torch.cuda.is_available():
+        cases.append(("all", torch.device("cuda"), None))
+    for roi_mode, device, threads in cases:
+        print(f"seeds bench: 32 frames of 224x224, roi {roi_mode}, {device}"
+              + ("" if threads is None else f", {threads} thread(s)"), file=sys.stderr)
+        yield _case(repeats, roi_mode, device, threads)

@@ -1,0 +1,167 @@
+"""Stage 2 on a tiny synthetic dataset: neighbour-frame buffers, in-process and Ray Train
+training from a CAM store, resume of the ELB schedule, and the store checks."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import ray
+import torch
+
+from tcam_ray.config import SynthConfig, load, resolve_paths
+from tcam_ray.data import DatasetError, index_dataset
+from tcam_ray.data.buffers import buffer_indices, joint_crop_flip, neighbour_offsets, shots_from_store, training_rows
+from tcam_ray.data.cam_store import CamStore, CamStoreWriter, StoreInfo
+from tcam_ray.data.pipeline import buffer_train_dataset, configure_ray_data
+from tcam_ray.data.synthetic import generate
+from tcam_ray.train.cams import fill_cam_store
+from tcam_ray.train.checkpoints import load_state, read_meta
+from tcam_ray.train.evaluate import evaluate_checkpoint
+from tcam_ray.train.trainer import run_training
+
+TINY = SynthConfig(classes=2, videos=2, val_videos=1, test_videos=1, shots=2, frames=8, size=48, eval_stride=2)
+SHOTS, FRAMES_PER_SHOT = 8, 8
+
+
+def config(root, run_root, *overrides):
+    base = [f"dataset.root={root}", f"run.root={run_root}", "run.name=run", "input.crop_size=32",
+            "input.resize_size=40", "input.batch_size=4", "input.decode_batch_size=16", "train.epochs=1",
+            "train.lr=0.01", "train.keep_last=1", "scale.num_workers=0", "eval.thresholds=20",
+            "model.layer4_stride=1"]
+    return resolve_paths(load(overrides=base + list(overrides)))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    configure_ray_data()
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, local_ray):
+    """A tiny dataset, a one-epoch stage-1 classifier and its CAM store."""
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    generate(TINY, root)
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = config(root, runs, "run.name=cam")
+    stage1 = run_training(cfg, "cam", out=lambda line: None)
+    path = fill_cam_store(cfg, stage1.best_corloc, runs / "cams.parquet").path
+    return root, path
+
+
+# --------------------------------------------------------------------------- buffers
+
+
+def test_neighbour_offsets_put_the_frame_first():
+    assert neighbour_offsets(0, "before").tolist() == [0]
+    assert neighbour_offsets(2, "before").tolist() == [0, -1, -2]
+    assert neighbour_offsets(1, "after").tolist() == [0, 1]
+    assert neighbour_offsets(2, "both").tolist() == [0, -1, -2, 1, 2]
+
+
+def test_buffer_indices_mask_shot_edges():
+    indices, valid = buffer_indices(4, neighbour_offsets(1, "both"), np.array([0, 2, 3]))
+    assert indices.tolist() == [[0, 0, 1], [2, 1, 3], [3, 2, 3]]
+    assert valid.tolist() == [[True, False, True], [True, True, True], [True, True, False]]
+
+
+def small_store(tmp_path, frame_ids, shot_ids, frame_idx, maps) -> CamStore:
+    info = StoreInfo("d", "f" * 64, ["a"], "ckpt", "id", "cam", maps.shape[1], "uint8")
+    writer = CamStoreWriter(tmp_path / "s.parquet", info)
+    writer.write(frame_ids, shot_ids, frame_idx, [0] * len(frame_ids), maps)
+    return CamStore.read(writer.close())
+
+
+def test_shots_keep_frame_order_whatever_the_store_order(tmp_path):
+    frame_idx = [2, 0, 1, 1, 0]
+    shot_ids = ["s1", "s1", "s1", "s0", "s0"]
+    frame_ids = [f"{s}/frame{i}.jpg" for s, i in zip(shot_ids, frame_idx)]
+    maps = np.stack([np.full((4, 4), (10 * i + j) / 255, np.float32) for i, j in zip(frame_idx, range(5))])
+    shots = shots_from_store(small_store(tmp_path, frame_ids, shot_ids, frame_idx, maps))
+    by_shot = {r["shot_id"]: r["frame_ids"] for r in shots.to_pylist()}
+    assert by_shot == {"s0": ["s0/frame0.jpg", "s0/frame1.jpg"], "s1": ["s1/frame0.jpg", "s1/frame1.jpg", "s1/frame2.jpg"]}
+
+
+def test_frame_and_buffer_are_cropped_and_flipped_together():
+    rng = np.random.default_rng(0)
+    image = (rng.random((30, 40, 3)) * 255).astype(np.uint8)
+    maps = np.stack([image[..., 0], 255 - image[..., 0]])  # maps made from the frame's red channel
+    for seed in range(6):
+        out_image, out_maps = joint_crop_flip(image, maps, 24, 16, True, np.random.default_rng(seed))
+        assert out_image.shape == (16, 16, 3) and out_maps.shape == (2, 16, 16)
+        assert np.abs(out_maps[0].astype(int) - out_image[..., 0]).max() <= 1
+        assert np.abs(out_maps[1].astype(int) - (255 - out_image[..., 0].astype(int))).max() <= 1
+
+
+def test_training_rows_one_per_shot_and_every_frame(store):
+    root, path = store
+    shots = shots_from_store(CamStore.read(path))
+    offsets = neighbour_offsets(1, "before")
+    kwargs = dict(root=str(root), offsets=offsets, cam_size=56, cam_dtype="uint8", resize=40, crop=32, flip=True)
+    one = training_rows(shots, every_frame=False, seed=0, **kwargs)
+    assert one["image"].shape == (SHOTS, 32, 32, 3) and one["buffer"].shape == (SHOTS, 2, 32, 32)
+    every = training_rows(shots, every_frame=True, seed=0, **kwargs)
+    assert len(every["label"]) == SHOTS * FRAMES_PER_SHOT
+    assert (~every["valid"][:, 1]).sum() == SHOTS  # each shot's first frame has no frame before it
+    assert every["valid"][:, 0].all()
+
+
+def test_ray_data_buffer_rows(store):
+    root, path = store
+    cfg = config(root, root.parent, "input.sampling=all", "tcam.n=2", "tcam.direction=both")
+    shots = shots_from_store(CamStore.read(path))
+    batches = list(buffer_train_dataset(shots, cfg, 56, "uint8").iter_batches(batch_size=16, batch_format="numpy"))
+    buffers = np.concatenate([b["buffer"] for b in batches])
+    valid = np.concatenate([b["valid"] for b in batches])
+    assert buffers.shape == (SHOTS * FRAMES_PER_SHOT, 5, 32, 32) and buffers.dtype == np.uint8
+    assert valid.sum(axis=0).tolist() == [64, 56, 48, 56, 48]
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_stage2_in_process_then_resumed_keeps_the_elb_schedule(store, tmp_path):
+    root, path = store
+    cfg = config(root, tmp_path, f"tcam.cams={path}", "input.sampling=all", "train.epochs=1", "tcam.elb_mulcoef=2.0")
+    first = run_training(cfg, "tcam", out=lambda line: None)
+    assert read_meta(first.last)["stage"] == "tcam"
+    assert load_state(first.last)["extra"]["elb"]["t"] == pytest.approx(2.0)
+    cfg2 = config(root, tmp_path, f"tcam.cams={path}", "input.sampling=all", "train.epochs=2", "tcam.elb_mulcoef=2.0")
+    second = run_training(cfg2, "tcam", out=lambda line: None)
+    assert load_state(second.last)["extra"]["elb"]["t"] == pytest.approx(4.0)
+    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["epoch"] for r in train] == [1, 2]
+    assert {"self_learning", "crf", "max_size"} <= set(train[0])  # each enabled loss term is logged
+    report = evaluate_checkpoint(second.last, cfg2, "test", tmp_path / "eval")
+    assert 0 <= report["stages"]["tcam"]["corloc"] <= 100
+
+
+def test_stage2_on_two_ray_workers(store, tmp_path, local_ray):
+    root, path = store
+    cfg = config(root, tmp_path, f"tcam.cams={path}", "input.sampling=all", "scale.num_workers=2",
+                 "scale.cpus_per_worker=0.5")
+    result = run_training(cfg, "tcam", out=lambda line: None)
+    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["samples"] == SHOTS * FRAMES_PER_SHOT // 4 * 4
+    assert read_meta(result.last)["stage"] == "tcam"
+
+
+def test_stage2_needs_a_store_of_this_dataset(store, tmp_path):
+    root, path = store
+    with pytest.raises(ValueError, match=r"stage tcam needs a CAM store: --set tcam.cams=PATH"):
+        run_training(config(root, tmp_path), "tcam")
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    labels = other / "metadata" / "train" / "class_labels.txt"
+    lines = labels.read_text().splitlines()
+    lines[0] = lines[0].rsplit(",", 1)[0] + ",1"  # relabel one shot: another dataset
+    labels.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=r"CAM store made for dataset 'synthetic' .* not for this dataset"):
+        run_training(config(other, tmp_path, f"tcam.cams={path}"), "tcam")
