@@ -139,19 +139,55 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.tcam_ray.permutohedral_filter.default, (values, features, False))
 
 
+def pool(tensor: torch.Tensor) -> torch.Tensor:
+    """(N, C, P) -> (1, C, N*P): all items' points as one point set."""
+    return tensor.permute(1, 0, 2).reshape(1, tensor.shape[1], -1).contiguous()
+
+
 def test_threads_give_the_same_result(natural_64):
     _, probs, features = natural_64
+    pooled_probs, pooled_features = pool(probs), pool(features)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         one = permutohedral_filter(probs[:3], features[:3])
         torch.set_num_threads(2)
         two = permutohedral_filter(probs[:3], features[:3])  # N >= threads: per-image threads
-        single = permutohedral_filter(probs[:1], features[:1])  # N < threads: phases split across threads
+        single = permutohedral_filter(probs[:1], features[:1])  # N < threads, small: serial
+        # N < threads, 32768 points: the build, splat and slice are split across threads
+        pooled = permutohedral_filter(pooled_probs, pooled_features)
+        torch.set_num_threads(1)
+        pooled_one = permutohedral_filter(pooled_probs, pooled_features)
     finally:
         torch.set_num_threads(before)
-    torch.testing.assert_close(one, two)
-    torch.testing.assert_close(single, one[:1])
+    # Bit-identical: a split build numbers the lattice points differently but
+    # every sum keeps its order (splat adds each lattice row's points in point order).
+    assert torch.equal(one, two)
+    assert torch.equal(single, one[:1])
+    assert torch.equal(pooled, pooled_one)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_wide_coordinates_fall_back_exactly(natural_64, threads):
+    """A point far from the others makes the lattice too wide for one-word keys: the op rebuilds with wide keys.
+
+    The far point shares no simplex or blur neighbour with the others, so their outputs are unchanged, bit for bit.
+    """
+    _, probs, features = natural_64
+    probs, features = pool(probs), pool(features)  # 32768 points: with 2 threads, a split build
+    far = torch.full((1, 5, 1), 2000.0)  # elevated coordinates ~1e4: beyond 12-bit lanes, within the key limit
+    features_far = torch.cat([features, far], dim=2)
+    probs_far = torch.cat([probs, torch.full((1, 2, 1), 0.5)], dim=2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        near = permutohedral_filter(probs, features)
+        with_far = permutohedral_filter(probs_far, features_far)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(with_far[..., :-1], near)
+    # the isolated point keeps only its own (lattice-normalised) weight
+    assert 0.3 < float(with_far[0, 0, -1] / 0.5) < 1.0
 
 
 def test_edge_cases():

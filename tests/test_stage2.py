@@ -18,6 +18,7 @@ from tcam_ray.data.buffers import buffer_indices, joint_crop_flip, neighbour_off
 from tcam_ray.data.cam_store import CamStore, CamStoreWriter, StoreInfo
 from tcam_ray.data.pipeline import buffer_train_dataset, configure_ray_data
 from tcam_ray.data.synthetic import generate
+from tcam_ray.methods.tcam_losses import ExtendedLogBarrier
 from tcam_ray.train.cams import fill_cam_store
 from tcam_ray.train.checkpoints import load_state, read_meta
 from tcam_ray.train.evaluate import evaluate_checkpoint
@@ -126,15 +127,21 @@ def test_ray_data_buffer_rows(store):
 # --------------------------------------------------------------------------- training
 
 
+def elb_t(checkpoint) -> float:
+    elb = ExtendedLogBarrier()
+    elb.load_state_dict(load_state(checkpoint)["extra"]["elb"])
+    return elb.t
+
+
 def test_stage2_in_process_then_resumed_keeps_the_elb_schedule(store, tmp_path):
     root, path = store
     cfg = config(root, tmp_path, f"tcam.cams={path}", "input.sampling=all", "train.epochs=1", "tcam.elb_mulcoef=2.0")
     first = run_training(cfg, "tcam", out=lambda line: None)
     assert read_meta(first.last)["stage"] == "tcam"
-    assert load_state(first.last)["extra"]["elb"]["t"] == pytest.approx(2.0)
+    assert elb_t(first.last) == pytest.approx(2.0)
     cfg2 = config(root, tmp_path, f"tcam.cams={path}", "input.sampling=all", "train.epochs=2", "tcam.elb_mulcoef=2.0")
     second = run_training(cfg2, "tcam", out=lambda line: None)
-    assert load_state(second.last)["extra"]["elb"]["t"] == pytest.approx(4.0)
+    assert elb_t(second.last) == pytest.approx(4.0)
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
     assert [r["epoch"] for r in train] == [1, 2]

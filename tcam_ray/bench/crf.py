@@ -9,6 +9,7 @@ those items. Its published figure (about 300 ms for the 224x224 case on this
 """
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -111,7 +112,16 @@ def _baseline_colour_step(frames, probs, sigma_rgb, weight):
     return step
 
 
+def _load_average() -> float | None:
+    """1-minute load average when the case finished (CPU timings on a shared machine need it to be read)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def _record(case, value, baseline, config, baseline_name=BASELINE_NAME):
+    config = {**config, "load_average_1m": _load_average()}
     return {
         "bench": "crf",
         "case": case,

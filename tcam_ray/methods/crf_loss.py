@@ -18,12 +18,17 @@ from tcam_ray.ops.crf import dense_crf_energy
 def bilateral_features(images: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:
     """(x/sigma_xy, y/sigma_xy, r/sigma_rgb, g/sigma_rgb, b/sigma_rgb) of images (N, 3, H, W) -> (N, 5, H*W)."""
     n, _, height, width = images.shape
-    rows = torch.arange(height, device=images.device, dtype=torch.float32)
-    cols = torch.arange(width, device=images.device, dtype=torch.float32)
-    y, x = torch.meshgrid(rows, cols, indexing="ij")
-    positions = torch.stack([x, y]).div(sigma_xy).expand(n, 2, height, width)
-    colours = images.float() / sigma_rgb
-    return torch.cat([positions, colours], dim=1).reshape(n, 5, height * width)
+    # Written in place into one buffer (few large ops: each costs a fork/join of the thread pool).
+    features = torch.empty(n, 5, height, width, device=images.device, dtype=torch.float32)
+    cols = torch.arange(width, device=images.device, dtype=torch.float32).div_(sigma_xy)
+    rows = torch.arange(height, device=images.device, dtype=torch.float32).div_(sigma_xy)
+    features[:, 0] = cols
+    features[:, 1] = rows[:, None]
+    if images.dtype == torch.float32:
+        torch.div(images, sigma_rgb, out=features[:, 2:])
+    else:
+        features[:, 2:] = images.float() / sigma_rgb
+    return features.reshape(n, 5, height * width)
 
 
 def colour_features(frames: torch.Tensor, sigma_rgb: float) -> torch.Tensor:

@@ -93,14 +93,18 @@ def _check_energy_inputs(probs: torch.Tensor, features: torch.Tensor) -> None:
 class _DenseCRFEnergy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, probs, features):
-        affinity_probs = permutohedral_filter(probs, features) * PAPER_OP_SCALE
+        # W S is computed once here and reused by backward (no second filtering).
+        affinity_probs = permutohedral_filter(probs, features)
+        if PAPER_OP_SCALE != 1.0:
+            affinity_probs = affinity_probs * PAPER_OP_SCALE
         ctx.save_for_backward(affinity_probs)
         return -(probs * affinity_probs).sum() / probs.shape[0]
 
     @staticmethod
     def backward(ctx, grad_energy):
         (affinity_probs,) = ctx.saved_tensors
-        return -2.0 * grad_energy * affinity_probs / affinity_probs.shape[0], None
+        # one pass over the (N, K, P) tensor: the scalar factor is formed first
+        return affinity_probs * (-2.0 * grad_energy / affinity_probs.shape[0]), None
 
 
 _registered = False
