@@ -240,6 +240,12 @@ def test_bad_inputs_name_the_argument(values, features, message):
         permutohedral_filter(values, features)
 
 
+def test_python_checks_agree_with_the_compiled_op():
+    from tcam_ray.ops.crf import MAX_FEATURE_DIM
+
+    assert build_info()["max_feature_dim"] == MAX_FEATURE_DIM
+
+
 def test_loss_shape_errors():
     with pytest.raises(ValueError, match=r"images must have shape \(N, 3, H, W\)"):
         DenseCRFLoss()(torch.rand(2, 4, 8, 8), torch.rand(2, 2, 8, 8))

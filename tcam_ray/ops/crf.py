@@ -37,6 +37,9 @@ PAPER_OP_SCALE = 1.0
 # features, natural images (grace_hopper crops, sigma_rgb 15, sigma_xy 100 at
 # 224x224, measured at 64x64 with sigma_xy scaled by 64/224).
 LATTICE_TO_EXACT_5D = 0.56
+# Feature dimensions the compiled op is instantiated for (build_info()["max_feature_dim"]).
+MAX_FEATURE_DIM = 16
+
 # Mean weight of an isolated point's own value in its output, D = 5 (exact: 1).
 SELF_WEIGHT_5D = 0.46
 
@@ -59,9 +62,35 @@ def permutohedral_filter(values: torch.Tensor, features: torch.Tensor, reverse: 
     """
     if not isinstance(values, torch.Tensor) or not isinstance(features, torch.Tensor):
         raise TypeError("permutohedral_filter: `values` and `features` must be torch.Tensor")
+    _check_filter_inputs(values, features)
     op = _op()
     _loader.check_device(values.device)
     return op(values, features, reverse)
+
+
+def _check_filter_inputs(values: torch.Tensor, features: torch.Tensor) -> None:
+    """The compiled op checks these too; checking them here first gives the same errors
+    where a C++ exception cannot cross into Python (seen: torch 2.11 with a gcc 13 build
+    crashed instead of raising)."""
+    def fail(message: str):
+        raise RuntimeError(f"permutohedral_filter: {message}")
+
+    if values.dim() != 3:
+        fail(f"`values` must have shape (N, K, P), got {list(values.shape)}")
+    if features.dim() != 3:
+        fail(f"`features` must have shape (N, D, P), got {list(features.shape)}")
+    n, _, p = values.shape
+    if features.shape[0] != n or features.shape[2] != p:
+        fail(f"`features` must have shape (N, D, P) = ({n}, D, {p}), got {list(features.shape)}")
+    if not 1 <= features.shape[1] <= MAX_FEATURE_DIM:
+        fail(f"`features` dimension D (dim 1) must be in [1, {MAX_FEATURE_DIM}], got {features.shape[1]}")
+    for name, tensor in (("values", values), ("features", features)):
+        if tensor.dtype != torch.float32:
+            fail(f"`{name}` must be float32, got {tensor.dtype}")
+    if values.device != features.device:
+        fail(f"`values` and `features` must be on one device, got {values.device} and {features.device}")
+    if features.device.type == "cpu" and features.numel() and not bool(torch.isfinite(features).all()):
+        fail("`features` has non-finite values")
 
 
 def dense_crf_energy(probs: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
