@@ -23,3 +23,31 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+TINY_RUN = ["run.name=run", "input.crop_size=32", "input.resize_size=40", "input.batch_size=4",
+            "input.decode_batch_size=16", "train.lr=0.01", "train.keep_last=1", "scale.num_workers=0",
+            "eval.thresholds=20"]
+
+
+def tiny_run_config(dataset_root, run_root, *overrides):
+    """A config for quick trainings of tiny frames on `dataset_root`, writing under `run_root`."""
+    from tcam_ray.config import load, resolve_paths
+
+    base = [f"dataset.root={dataset_root}", f"run.root={run_root}", *TINY_RUN]
+    return resolve_paths(load(overrides=base + list(overrides)))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for a test module (the trainer reuses it instead of starting its own)."""
+    import logging
+
+    import ray
+
+    from tcam_ray.data.pipeline import configure_ray_data
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    configure_ray_data()
+    yield
+    ray.shutdown()

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tcam_ray import config as C
 from tcam_ray.config import Config, ConfigError, config_from_dict, load, resolve_paths, to_dict
 from tcam_ray.runs import create_run_dir
 

@@ -3,21 +3,21 @@ training, resume, a crashed worker, the CAM store and evaluation."""
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import pytest
-import ray
 import torch
 
-from tcam_ray.config import ConfigError, SynthConfig, load, resolve_paths
-from tcam_ray.data import DatasetError, FrameIndex, index_dataset
+from tcam_ray.config import SynthConfig
+from tcam_ray.data import DatasetError, index_dataset
 from tcam_ray.data.cam_store import CamStore
-from tcam_ray.data.pipeline import eval_dataset, configure_ray_data, train_dataset
+from tcam_ray.data.pipeline import eval_dataset, train_dataset
 from tcam_ray.data.synthetic import generate
 from tcam_ray.train.cams import fill_cam_store
 from tcam_ray.train.checkpoints import checkpoint_config, read_meta
 from tcam_ray.train.trainer import check_cpu_budget, run_training
+
+from .conftest import tiny_run_config
 
 TINY = SynthConfig(classes=2, videos=2, val_videos=1, test_videos=1, shots=2, frames=8, size=48, eval_stride=2)
 SHOTS = 2 * 2 * 2
@@ -32,20 +32,10 @@ def dataset_root(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for the module (the trainer reuses it instead of starting its own)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    configure_ray_data()
-    yield
-    ray.shutdown()
 
 
-def config(dataset_root, tmp_path, *overrides):
-    base = [f"dataset.root={dataset_root}", f"run.root={tmp_path}", "run.name=run", "input.crop_size=32",
-            "input.resize_size=40", "input.batch_size=4", "input.decode_batch_size=16", "train.epochs=2",
-            "train.lr=0.01", "train.keep_last=1", "scale.num_workers=0", "eval.thresholds=20"]
-    return resolve_paths(load(overrides=base + list(overrides)))
+def config(dataset_root, run_root, *overrides):
+    return tiny_run_config(dataset_root, run_root, "train.epochs=2", *overrides)
 
 
 # --------------------------------------------------------------------------- the Ray Data pipeline

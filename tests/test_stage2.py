@@ -3,20 +3,16 @@ training from a CAM store, resume of the ELB schedule, and the store checks."""
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 
 import numpy as np
-import pyarrow as pa
 import pytest
-import ray
-import torch
 
-from tcam_ray.config import SynthConfig, load, resolve_paths
-from tcam_ray.data import DatasetError, index_dataset
+from tcam_ray.config import SynthConfig
+from tcam_ray.data import DatasetError
 from tcam_ray.data.buffers import buffer_indices, joint_crop_flip, neighbour_offsets, shots_from_store, training_rows
 from tcam_ray.data.cam_store import CamStore, CamStoreWriter, StoreInfo
-from tcam_ray.data.pipeline import buffer_train_dataset, configure_ray_data
+from tcam_ray.data.pipeline import buffer_train_dataset
 from tcam_ray.data.synthetic import generate
 from tcam_ray.methods.tcam_losses import ExtendedLogBarrier
 from tcam_ray.train.cams import fill_cam_store
@@ -24,24 +20,16 @@ from tcam_ray.train.checkpoints import load_state, read_meta
 from tcam_ray.train.evaluate import evaluate_checkpoint
 from tcam_ray.train.trainer import run_training
 
+from .conftest import tiny_run_config
+
 TINY = SynthConfig(classes=2, videos=2, val_videos=1, test_videos=1, shots=2, frames=8, size=48, eval_stride=2)
 SHOTS, FRAMES_PER_SHOT = 8, 8
 
 
-def config(root, run_root, *overrides):
-    base = [f"dataset.root={root}", f"run.root={run_root}", "run.name=run", "input.crop_size=32",
-            "input.resize_size=40", "input.batch_size=4", "input.decode_batch_size=16", "train.epochs=1",
-            "train.lr=0.01", "train.keep_last=1", "scale.num_workers=0", "eval.thresholds=20",
-            "model.layer4_stride=1"]
-    return resolve_paths(load(overrides=base + list(overrides)))
+def config(dataset_root, run_root, *overrides):
+    return tiny_run_config(dataset_root, run_root, "train.epochs=1", "model.layer4_stride=1", *overrides)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    configure_ray_data()
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,15 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+
+from tcam_ray.config import TcamConfig
 import torch.nn.functional as F
 
-from tcam_ray.methods.crf_loss import DenseCRFLoss, bilateral_features
+from tcam_ray.methods.crf_loss import bilateral_features
 from tcam_ray.methods.tcam_losses import (
     LOSS_TERMS,
     ExtendedLogBarrier,
     TCAMLoss,
-    TCAMLossSettings,
     bg_larger_than_fg_loss,
     empty_outside_box_loss,
     entropy_loss,
@@ -262,7 +263,7 @@ def test_tcam_loss_function_with_pseudo_labels_and_all_terms():
     roi = torch.zeros(2, 8, 8, dtype=torch.bool)  # CAM resolution: half the frame's
     roi[:, 2:6, 3:5] = True
     small_seeds = seeds[:, ::2, ::2]
-    settings = TCAMLossSettings(entropy=True, size_band=True, bg_larger=True, outside_box=True)
+    settings = TcamConfig(entropy=True, size_band=True, bg_larger=True, outside_box=True)
     elb = ExtendedLogBarrier()
     total, logged = tcam_loss(logits, FakePseudoLabels(small_seeds, roi), images, ExactBilateralCRF(), elb, settings)
     assert list(logged) == [*LOSS_TERMS, "total"] and all(math.isfinite(v) for v in logged.values())
@@ -306,8 +307,8 @@ def test_tcam_loss_missing_inputs_and_settings():
         TCAMLoss(outside_box=True)(logits, seeds, images)
     with pytest.raises(ValueError, match="switched off"):
         TCAMLoss(self_learning=False, crf=False, max_size=False)(logits, seeds, images)
-    with pytest.raises(ValueError, match=">= 0"):
-        TCAMLossSettings(max_size_weight=-1.0)
+    with pytest.raises(ValueError, match="tcam.max_size_weight': must be >= 0"):
+        TcamConfig(max_size_weight=-1.0)
     _, logged = TCAMLoss(crf=False)(logits, seeds, None)
     assert "crf" not in logged
 

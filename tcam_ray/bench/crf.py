@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tcam_ray.methods.crf_loss import DenseCRFLoss, MultiFrameColourCRFLoss, bilateral_features, colour_features, downscale
+from tcam_ray.methods.crf_loss import DenseCRFLoss, MultiFrameColourCRFLoss, bilateral_features, colour_features
 from tcam_ray.ops.crf import permutohedral_filter
 
 REFERENCE_MS_224 = 300.0  # the paper's op, N=32, K=2, 224x224, 2 threads (issue 5)

@@ -229,6 +229,9 @@ class TcamConfig:
         require(self.ksz >= 1 and self.ksz % 2 == 1, "tcam.ksz", f"must be an odd size >= 1, got {self.ksz}")
         require(0 <= self.min_size < 1, "tcam.min_size", "is a fraction of the frame in [0, 1)")
         require(self.crf_scale > 0 and self.crf_scale <= 1, "tcam.crf_scale", "must be in (0, 1]")
+        for name, value in vars(self).items():
+            if name.endswith(("_weight", "_margin")):
+                require(value >= 0, f"tcam.{name}", f"must be >= 0, got {value}")
 
 
 @dataclass

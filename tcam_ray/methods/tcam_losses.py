@@ -21,13 +21,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+import dataclasses
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tcam_ray.config import TcamConfig
 from tcam_ray.methods.crf_loss import DenseCRFLoss
 
 BACKGROUND, FOREGROUND = 0, 1
@@ -226,44 +227,6 @@ def empty_outside_box_loss(probs: Tensor, boxes_mask: Tensor, elb: ExtendedLogBa
 LOSS_TERMS = ("self_learning", "crf", "max_size", "entropy", "size_band", "bg_larger", "outside_box")
 
 
-@dataclass(frozen=True)
-class TCAMLossSettings:
-    """Switches and weights of the stage-2 losses; defaults are the paper's (TCAM, WACV 2023).
-
-    The names are those of the config's `tcam` section, so `tcam_loss` takes
-    either this or that section. `crf_*` configure the default CRF module
-    (whose weight applies inside it); `elb_*` the default ELB.
-    """
-
-    self_learning: bool = True
-    self_learning_weight: float = 1.0
-    crf: bool = True
-    crf_weight: float = 2e-9
-    crf_sigma_rgb: float = 15.0
-    crf_sigma_xy: float = 100.0
-    crf_scale: float = 1.0
-    max_size: bool = True
-    max_size_weight: float = 0.01
-    elb_init_t: float = 1.0
-    elb_max_t: float = 10.0
-    elb_mulcoef: float = 1.01
-    entropy: bool = False
-    entropy_weight: float = 1.0
-    size_band: bool = False
-    size_band_weight: float = 1.0
-    size_band_margin: float = 0.001  # the paper's code's eps
-    bg_larger: bool = False
-    bg_larger_weight: float = 1.0
-    outside_box: bool = False
-    outside_box_weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        scaled = [f.name for f in fields(self) if f.name.endswith(("_weight", "_margin"))]
-        negative = [name for name in scaled if getattr(self, name) < 0]
-        if negative:
-            raise ValueError(f"TCAMLossSettings: {negative} must be >= 0")
-
-
 def enabled_terms(settings: Any) -> list[str]:
     return [name for name in LOSS_TERMS if getattr(settings, name)]
 
@@ -288,7 +251,7 @@ def tcam_loss(
     serves the optional terms. images: raw RGB in [0, 255] (B, 3, H, W) for
     the CRF. crf: a module forward(images, probs) -> weighted scalar, e.g.
     `DenseCRFLoss` (its weight applies inside it, as in the paper's code).
-    settings: `TCAMLossSettings` or the config's `tcam` section (same names).
+    settings: the config's `tcam` section (`TcamConfig`).
     The size band's target defaults to the ROI's area fraction
     (`cam_fg_fraction` overrides), the outside-box mask to the ROI's bounding
     box (`boxes_mask` overrides). Everything runs in float32 under autocast.
@@ -346,15 +309,15 @@ class TCAMLoss(nn.Module):
 
     def __init__(
         self,
-        settings: TCAMLossSettings | None = None,
+        settings: TcamConfig | None = None,
         crf_loss: nn.Module | None = None,
         ignore_index: int = -100,
         **overrides: Any,
     ) -> None:
         super().__init__()
-        settings = settings or TCAMLossSettings()
+        settings = settings or TcamConfig()
         if overrides:
-            settings = TCAMLossSettings(**{**asdict(settings), **overrides})
+            settings = dataclasses.replace(settings, **overrides)
         self.settings = settings
         self.ignore_index = ignore_index
         self.elb = ExtendedLogBarrier(settings.elb_init_t, settings.elb_max_t, settings.elb_mulcoef)
