@@ -52,12 +52,13 @@ def demo_dataset(cfg: Config, out: Path, say: Say) -> Config:
     return cfg
 
 
-def best_checkpoint(cfg: Config, stage: str, say: Say) -> Path:
-    """Train (or finish training: run folders resume) and return the best-CorLoc checkpoint."""
+def best_checkpoint(cfg: Config, stage: str, say: Say, selection: str = "best-corloc") -> Path:
+    """Train (or finish training: run folders resume) and return its best checkpoint by `selection`."""
     result = run_training(cfg, stage, out=lambda line: say(f"      {line}"))
-    if result.best_corloc is None:
-        raise RuntimeError(f"{result.run_dir}: no checkpoint with a validation CorLoc")
-    return result.best_corloc
+    best = result.best_corloc if selection == "best-corloc" else result.best_top1
+    if best is None:
+        raise RuntimeError(f"{result.run_dir}: no {selection} checkpoint")
+    return best
 
 
 def run_demo(cfg: Config, out: str | Path, say: Say = print) -> dict:
@@ -67,7 +68,7 @@ def run_demo(cfg: Config, out: str | Path, say: Say = print) -> dict:
 
     say("[2/5] stage 1: CAM classifier")
     cam_cfg = with_run(cfg, out, "cam", train={"epochs": cfg.demo.cam_epochs, "lr": cfg.demo.cam_lr})
-    cam_best = best_checkpoint(cam_cfg, "cam", say)
+    cam_best = best_checkpoint(cam_cfg, "cam", say, cfg.demo.cam_checkpoint)
 
     store = out / "cams.parquet"
     say(f"[3/5] CAM store ({cfg.cam.method}) of every training frame")

@@ -149,6 +149,8 @@ def test_resolve_paths_makes_local_paths_absolute(tmp_path):
     assert cfg.dataset.root == str(tmp_path / "data" / "x")
     assert cfg.dataset.metadata == str(tmp_path / "data" / "x" / "metadata")
     assert cfg.run.root == str(tmp_path / "out")
+    stores = resolve_paths(load(overrides=["tcam.cams=runs/c.parquet", "model.weights=w.pth"]), cwd=tmp_path)
+    assert stores.tcam.cams == str(tmp_path / "runs" / "c.parquet") and stores.model.weights == str(tmp_path / "w.pth")
 
 
 def test_packaged_metadata_resolves_and_unknown_names_list_what_ships(tmp_path):

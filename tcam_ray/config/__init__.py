@@ -37,7 +37,13 @@ def resolve_paths(cfg: Config, cwd: str | Path | None = None) -> Config:
     metadata = resolve_metadata(cfg.dataset.metadata, root, cwd)
     dataset = dataclasses.replace(cfg.dataset, root=str(root), metadata=str(metadata))
     run = dataclasses.replace(cfg.run, root=str((cwd / cfg.run.root).resolve()))
-    return dataclasses.replace(cfg, dataset=dataset, run=run)
+    model = dataclasses.replace(cfg.model, weights=absolute(cfg.model.weights, cwd))
+    tcam = dataclasses.replace(cfg.tcam, cams=absolute(cfg.tcam.cams, cwd))
+    return dataclasses.replace(cfg, dataset=dataset, run=run, model=model, tcam=tcam)
+
+
+def absolute(path: str | None, cwd: Path) -> str | None:
+    return str((cwd / path).resolve()) if path else None
 
 
 PACKAGED_METADATA = Path(__file__).resolve().parent.parent / "data" / "metadata"

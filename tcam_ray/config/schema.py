@@ -243,6 +243,9 @@ class DemoConfig:
     tcam_epochs: int = 6
     tcam_lr: float = 0.01
     ablation: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # n values trained and compared
+    # Stage-1 checkpoint whose CAMs fill the store. The paper selects by val CorLoc; on the demo's
+    # few val frames an early, near-chance classifier can win that (seen), so top-1 is steadier.
+    cam_checkpoint: Literal["best-corloc", "best-top1"] = "best-top1"
 
     def __post_init__(self):
         require(self.cam_epochs >= 1 and self.tcam_epochs >= 1, "demo.cam_epochs", "epochs must be at least 1")

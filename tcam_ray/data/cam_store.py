@@ -129,10 +129,16 @@ class CamStore:
             raise DatasetError([f"{path}: CAM store made for dataset {info.dataset!r} "
                                 f"(fingerprint {info.dataset_fingerprint[:12]}), not for this dataset "
                                 f"(fingerprint {dataset_fingerprint[:12]}): run `tcam-ray cams` for it"])
-        if checkpoint is not None and info.checkpoint_id != checkpoint:
-            raise DatasetError([f"{path}: CAM store made from checkpoint {info.checkpoint} "
-                                f"(id {info.checkpoint_id}), not from checkpoint id {checkpoint}"])
-        return cls(table, info)
+        store = cls(table, info)
+        if checkpoint is not None:
+            store.check_checkpoint(checkpoint, path)
+        return store
+
+    def check_checkpoint(self, checkpoint: str, path: str | Path) -> None:
+        """Refuse a store made from another checkpoint than the one with id `checkpoint`."""
+        if self.info.checkpoint_id != checkpoint:
+            raise DatasetError([f"{path}: CAM store made from checkpoint {self.info.checkpoint} "
+                                f"(id {self.info.checkpoint_id}), not from checkpoint id {checkpoint}"])
 
     def maps(self) -> np.ndarray:
         return decode_maps(self.table["cam"], self.info.size, self.info.dtype)

@@ -108,7 +108,8 @@ def check_cam_store(cfg: Config, index: FrameIndex) -> CamStore:
     state_file = Path(store.info.checkpoint) / STATE_FILE
     if not state_file.exists():
         raise ValueError(f"{cfg.tcam.cams} was made from checkpoint {store.info.checkpoint}, which is gone")
-    return CamStore.read(cfg.tcam.cams, checkpoint=checkpoint_id(state_file))
+    store.check_checkpoint(checkpoint_id(state_file), cfg.tcam.cams)
+    return store
 
 
 def local_source(cfg: Config, job: JobSpec, index: FrameIndex):
