@@ -15,12 +15,7 @@ from tcam_ray.methods import pseudo_labels as pl
 IGNORE = -100
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def smooth_maps(frames: int, size: int, coarse: int = 6, seed: int = 0, power: float = 2.0) -> torch.Tensor:
