@@ -124,15 +124,19 @@ class CamStore:
         raw = (table.schema.metadata or {}).get(METADATA_KEY)
         if raw is None:
             raise DatasetError([f"{path}: Parquet file without tcam-ray CAM store metadata"])
-        info = StoreInfo.from_json(raw, str(path))
-        if dataset_fingerprint is not None and info.dataset_fingerprint != dataset_fingerprint:
-            raise DatasetError([f"{path}: CAM store made for dataset {info.dataset!r} "
-                                f"(fingerprint {info.dataset_fingerprint[:12]}), not for this dataset "
-                                f"(fingerprint {dataset_fingerprint[:12]}): run `tcam-ray cams` for it"])
-        store = cls(table, info)
+        store = cls(table, StoreInfo.from_json(raw, str(path)))
+        if dataset_fingerprint is not None:
+            store.check_dataset(dataset_fingerprint, path)
         if checkpoint is not None:
             store.check_checkpoint(checkpoint, path)
         return store
+
+    def check_dataset(self, fingerprint: str, path: str | Path) -> None:
+        """Refuse a store made for another dataset than the one with this fingerprint."""
+        if self.info.dataset_fingerprint != fingerprint:
+            raise DatasetError([f"{path}: CAM store made for dataset {self.info.dataset!r} "
+                                f"(fingerprint {self.info.dataset_fingerprint[:12]}), not for this dataset "
+                                f"(fingerprint {fingerprint[:12]}): run `tcam-ray cams` for it"])
 
     def check_checkpoint(self, checkpoint: str, path: str | Path) -> None:
         """Refuse a store made from another checkpoint than the one with id `checkpoint`."""

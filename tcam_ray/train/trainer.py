@@ -79,63 +79,61 @@ def check_cpu_budget(scale: ScaleConfig) -> None:
             "lower scale.cpus_per_worker (fractions like 0.5 work) or scale.num_workers")
 
 
-def prepare_run(cfg: Config, stage: str) -> tuple[Config, Path, JobSpec]:
-    """The run folder with its config and frame index; for stage tcam the CAM store is checked
-    and the model section becomes the stage-1 classifier's (the decoder sits on that encoder)."""
+def prepare_run(cfg: Config, stage: str) -> tuple[Config, Path, JobSpec, CamStore | None]:
+    """The run folder with its config and frame index; for stage tcam the CAM store (read once,
+    checked, returned) and the model section becomes the stage-1 classifier's (the decoder sits
+    on that encoder)."""
     runner_class(stage)  # an unknown stage fails before anything is written
-    if stage == "tcam":
-        cfg = dataclasses.replace(cfg, model=classifier_config(cfg).model)
+    store = read_cam_store(cfg) if stage == "tcam" else None
+    if store is not None:
+        cfg = dataclasses.replace(cfg, model=checkpoint_config(Path(store.info.checkpoint)).model)
     run_dir = create_run_dir(cfg, f"train-{stage}")
     index_path = run_dir / "frame_index.parquet"
     index = index_dataset(cfg.dataset)
     index.write(index_path)
-    if stage == "tcam":
-        check_cam_store(cfg, index)
+    if store is not None:
+        check_cam_store(store, cfg.tcam.cams, index)
     latest = CheckpointKeeper(run_dir, cfg.train.keep_last).latest()
-    return cfg, run_dir, JobSpec(str(run_dir), str(index_path), stage, str(latest) if latest else None)
+    return cfg, run_dir, JobSpec(str(run_dir), str(index_path), stage, str(latest) if latest else None), store
 
 
-def classifier_config(cfg: Config) -> Config:
-    """The config the CAM store's stage-1 checkpoint was trained with."""
+def read_cam_store(cfg: Config) -> CamStore:
     if not cfg.tcam.cams:
         raise ValueError("stage tcam needs a CAM store: --set tcam.cams=PATH (made by `tcam-ray cams`)")
-    return checkpoint_config(Path(CamStore.read(cfg.tcam.cams).info.checkpoint))
+    return CamStore.read(cfg.tcam.cams)
 
 
-def check_cam_store(cfg: Config, index: FrameIndex) -> CamStore:
+def check_cam_store(store: CamStore, path: str, index: FrameIndex) -> None:
     """The store stage 2 learns from: made for this dataset, from a checkpoint still there."""
-    store = CamStore.read(cfg.tcam.cams, dataset_fingerprint=index.info.fingerprint)
+    store.check_dataset(index.info.fingerprint, path)
     state_file = Path(store.info.checkpoint) / STATE_FILE
     if not state_file.exists():
-        raise ValueError(f"{cfg.tcam.cams} was made from checkpoint {store.info.checkpoint}, which is gone")
-    store.check_checkpoint(checkpoint_id(state_file), cfg.tcam.cams)
-    return store
+        raise ValueError(f"{path} was made from checkpoint {store.info.checkpoint}, which is gone")
+    store.check_checkpoint(checkpoint_id(state_file), path)
 
 
-def local_source(cfg: Config, job: JobSpec, index: FrameIndex):
-    if job.stage == "cam":
+def local_source(cfg: Config, job: JobSpec, index: FrameIndex, store: CamStore | None):
+    if store is None:
         return frame_source(cfg, index.table)
-    store = CamStore.read(cfg.tcam.cams)
     return buffer_source(cfg, shots_from_store(store), store.info.size, store.info.dtype)
 
 
-def fit_in_process(cfg: Config, job: JobSpec) -> dict:
+def fit_in_process(cfg: Config, job: JobSpec, store: CamStore | None) -> dict:
     index = FrameIndex.read(job.index_path)
     resume = Path(job.resume_from) if job.resume_from else None
-    ctx = LocalContext(cfg, index.table, resume, local_source(cfg, job, index))
+    ctx = LocalContext(cfg, index.table, resume, local_source(cfg, job, index, store))
     return runner_class(job.stage)(cfg, job, ctx).fit()
 
 
-def ray_train_dataset(cfg: Config, job: JobSpec, index: FrameIndex):
+def ray_train_dataset(cfg: Config, index: FrameIndex, store: CamStore | None):
     from ..data.pipeline import buffer_train_dataset, train_dataset
 
-    if job.stage == "cam":
+    if store is None:
         return train_dataset(index.table, cfg)
-    store = CamStore.read(cfg.tcam.cams)
     return buffer_train_dataset(shots_from_store(store), cfg, store.info.size, store.info.dtype)
 
 
-def fit_on_ray(cfg: Config, job: JobSpec) -> dict:
+def fit_on_ray(cfg: Config, job: JobSpec, store: CamStore | None) -> dict:
     import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -158,7 +156,7 @@ def fit_on_ray(cfg: Config, job: JobSpec) -> dict:
                 failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
                 logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             ),
-            datasets={"train": ray_train_dataset(cfg, job, index),
+            datasets={"train": ray_train_dataset(cfg, index, store),
                       cfg.eval.split: eval_dataset(index.table, cfg, cfg.eval.split)},
             dataset_config=DataConfig(datasets_to_split=["train"]),
         )
@@ -210,9 +208,10 @@ def epoch_line(record: dict, epochs: int) -> str:
 
 def run_training(cfg: Config, stage: str = "cam", out=print) -> TrainResult:
     """Train (resuming the run folder's last checkpoint if any); `out` receives one line per epoch and split."""
-    cfg, run_dir, job = prepare_run(cfg, stage)
+    cfg, run_dir, job, store = prepare_run(cfg, stage)
     with EpochPrinter(job.metrics_path, cfg.train.epochs, out):
-        metrics = fit_in_process(cfg, job) if cfg.scale.num_workers == 0 else fit_on_ray(cfg, job)
+        fit = fit_in_process if cfg.scale.num_workers == 0 else fit_on_ray
+        metrics = fit(cfg, job, store)
     viz.plot_training_curves(MetricsLog(job.metrics_path).records(), run_dir / "curves.png")
     keeper = CheckpointKeeper(run_dir, cfg.train.keep_last)
     best = {name: keeper.folder / f"best-{name}" for name in ("corloc", "top1")}
