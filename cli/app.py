@@ -9,6 +9,8 @@ from tcam_ray.config import ConfigError
 from tcam_ray.data import DatasetError
 
 from . import bench, cams, config_cmd, demo, doctor, evaluate, index, synth, train
+from . import ingest, localize
+from . import tune
 from .common import CliError, stderr
 
 app = typer.Typer(
@@ -28,6 +30,9 @@ app.command()(demo.demo)
 app.command()(bench.bench)
 app.command()(doctor.doctor)
 app.command()(config_cmd.config)
+app.command()(ingest.ingest)
+app.command()(localize.localize)
+app.command()(tune.tune)
 
 
 def main() -> None:

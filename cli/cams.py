@@ -9,7 +9,7 @@ from tcam_ray.data import index_dataset
 from tcam_ray.runs import create_run_dir
 from tcam_ray.train.cams import fill_cam_store
 
-from .common import ConfigOption, SetOption, load_config, progress_bar
+from .common import AddressOption, ConfigOption, SetOption, load_config, progress_bar
 
 
 def cams(
@@ -17,10 +17,11 @@ def cams(
     out: Annotated[Optional[Path], typer.Option(help="Store path; default RUN_DIR/cams.parquet.")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
+    address: AddressOption = None,
 ):
     """Compute the CAMs of every training frame (cam.method: cam, gradcampp, layercam) on a Ray Data
     actor pool and write the CAM store (Parquet), tagged with the dataset and checkpoint it came from."""
-    cfg = load_config(config, set_)
+    cfg = load_config(config, set_, **{"scale.address": address})
     run_dir = create_run_dir(cfg, "cams")
     frames = index_dataset(cfg.dataset).counts().get("train", 0)
     with progress_bar("computing CAMs", total=frames) as (advance, _):

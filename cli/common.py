@@ -27,6 +27,14 @@ SetOption = Annotated[
                  show_default=False),
 ]
 
+AddressOption = Annotated[
+    Optional[str],
+    typer.Option("--address", help="Run on this Ray cluster: 'auto' or HOST:6379, its GCS address (sets "
+                                   "scale.address). Default: RAY_ADDRESS (set inside `ray job submit` jobs), else "
+                                   "an embedded local Ray. Run folders must be on storage the cluster's nodes share.",
+                 show_default=False),
+]
+
 
 def load_config(config: Path | None, sets: list[str] | None, **flags) -> Config:
     """Defaults <- --config file <- --set overrides <- this verb's own flags (given ones only).
@@ -45,3 +53,12 @@ def progress_bar(description: str, total: int | None = None) -> Iterator:
     with Progress(*columns, console=stderr, transient=False) as progress:
         task = progress.add_task(description, total=total)
         yield (lambda n=1: progress.advance(task, n)), (lambda n: progress.update(task, total=n))
+
+
+def exit_if_any_failed(failures: list, total: int, where: str = "see above") -> None:
+    """List the videos (or other inputs) that failed; exit code 1 when any did, after the rest ran."""
+    for error in failures:
+        typer.echo(f"  failed {error}")
+    if failures:
+        typer.echo(f"{len(failures)} of {total} videos failed ({where})")
+        raise typer.Exit(1)

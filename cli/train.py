@@ -8,7 +8,7 @@ from tcam_ray.train.evaluate import evaluate_checkpoint, summary_lines
 from tcam_ray.train.loop import STAGES
 from tcam_ray.train.trainer import run_training
 
-from .common import CliError, ConfigOption, SetOption, load_config
+from .common import AddressOption, CliError, ConfigOption, SetOption, load_config
 
 
 def train(
@@ -16,6 +16,7 @@ def train(
                                             "(needs --set tcam.cams=STORE from `tcam-ray cams`).")] = "cam",
     config: ConfigOption = None,
     set_: SetOption = None,
+    address: AddressOption = None,
 ):
     """Train stage 1 (cam) or stage 2 (tcam) on Ray Train workers (scale.num_workers; 0 = in this process, without Ray).
 
@@ -27,7 +28,7 @@ def train(
     """
     if stage not in STAGES:
         raise CliError(f"unknown stage {stage!r}; available: {', '.join(STAGES)}")
-    cfg = load_config(config, set_)
+    cfg = load_config(config, set_, **{"scale.address": address})
     result = run_training(cfg, stage)
     typer.echo(f"run folder: {result.run_dir}")
     if result.best_corloc is not None:

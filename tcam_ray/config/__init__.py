@@ -36,10 +36,25 @@ def resolve_paths(cfg: Config, cwd: str | Path | None = None) -> Config:
     root = (cwd / cfg.dataset.root).resolve()
     metadata = resolve_metadata(cfg.dataset.metadata, root, cwd)
     dataset = dataclasses.replace(cfg.dataset, root=str(root), metadata=str(metadata))
-    run = dataclasses.replace(cfg.run, root=str((cwd / cfg.run.root).resolve()))
+    run = dataclasses.replace(cfg.run, root=str((cwd / local_folder(cfg.run.root, "run.root")).resolve()),
+                              storage=cfg.run.storage if is_uri(cfg.run.storage) else absolute(cfg.run.storage, cwd))
     model = dataclasses.replace(cfg.model, weights=absolute(cfg.model.weights, cwd))
     tcam = dataclasses.replace(cfg.tcam, cams=absolute(cfg.tcam.cams, cwd))
     return dataclasses.replace(cfg, dataset=dataset, run=run, model=model, tcam=tcam)
+
+
+def is_uri(path: str | None) -> bool:
+    """s3://, gs://, file://, ...: a location Ray's storage (pyarrow) opens, not a local path."""
+    return bool(path) and "://" in path
+
+
+def local_folder(path: str, key: str) -> str:
+    """Run folders are written with plain file I/O: a URI there is a mistake worth explaining."""
+    if is_uri(path):
+        raise ConfigError(f"config key '{key}': {path!r} is a URI, but run folders (metrics.jsonl, checkpoints) "
+                          "are written as files: give a folder (on a cluster, one every node mounts) and put "
+                          "the URI in run.storage, where Ray keeps its checkpoints and Tune state")
+    return path
 
 
 def absolute(path: str | None, cwd: Path) -> str | None:

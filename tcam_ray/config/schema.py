@@ -74,8 +74,11 @@ class SynthConfig:
 class RunConfig:
     """Where a verb writes its run folder: {root}/{name}."""
 
-    root: str = "runs"
+    root: str = "runs"  # a folder (on a cluster: one every node mounts, e.g. NFS)
     name: Optional[str] = None  # default: {verb}-{timestamp}
+    # Ray's own state of a run (Ray Train checkpoints, Tune's experiment for resuming): a folder or
+    # a URI Ray accepts (s3://bucket/runs, gs://...); default {run folder}/ray.
+    storage: Optional[str] = None
 
 
 @dataclass
@@ -239,7 +242,7 @@ class DemoConfig:
     """`tcam-ray demo`: each stage's optimisation (the train section gives the rest) and the ablation."""
 
     cam_epochs: int = 10
-    cam_lr: float = 0.05
+    cam_lr: float = 0.01
     tcam_epochs: int = 6
     tcam_lr: float = 0.01
     ablation: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # n values trained and compared
@@ -250,6 +253,48 @@ class DemoConfig:
     def __post_init__(self):
         require(self.cam_epochs >= 1 and self.tcam_epochs >= 1, "demo.cam_epochs", "epochs must be at least 1")
         require(all(n >= 0 for n in self.ablation), "demo.ablation", "n values must be >= 0")
+
+
+@dataclass
+class VideoConfig:
+    """Video files in: `tcam-ray localize` (boxes and annotated videos) and `tcam-ray ingest`
+    (tagged videos into the dataset layout). See tcam_ray/video/."""
+
+    max_frames: Optional[int] = None  # read only the first N frames of each video (both verbs)
+    # localize
+    batch_size: int = 16  # frames per model forward
+    # Map threshold for the boxes; None: the best threshold on val recorded for the checkpoint's
+    # epoch in its run's metrics.jsonl, else 0.5.
+    threshold: Optional[float] = None
+    overlay_alpha: float = 0.45  # weight of the heat map over the frame
+    sheet_frames: int = 12  # frames sampled evenly for the contact sheet
+    actors: int = 1  # with a Ray cluster: actors, each holding the model and doing whole videos
+    cpus_per_actor: float = 0.5  # fractional: see RAY-NOTES (whole CPUs per actor can starve tasks)
+    # ingest
+    fps: Optional[float] = None  # keep frames at this rate (None: every frame)
+    max_side: Optional[int] = None  # frames whose longer side exceeds this are downscaled to it
+    jpeg_quality: int = 92
+    # scene cuts: mean absolute difference of consecutive small grey frames (0-255) that is at least
+    # cut_min_diff and cut_ratio times the median difference of the cut_window frames either side
+    cut_ratio: float = 3.0
+    cut_min_diff: float = 10.0
+    cut_window: int = 12
+    min_shot_frames: int = 5  # a cut closer than this to the previous one (or to the end) is dropped
+
+    def __post_init__(self):
+        require(self.max_frames is None or self.max_frames >= 1, "video.max_frames", "must be at least 1")
+        require(self.batch_size >= 1, "video.batch_size", "must be at least 1")
+        require(self.threshold is None or 0 <= self.threshold <= 1, "video.threshold", "is a map value in [0, 1]")
+        require(0 <= self.overlay_alpha <= 1, "video.overlay_alpha", "must be in [0, 1]")
+        require(self.sheet_frames >= 1, "video.sheet_frames", "must be at least 1")
+        require(self.actors >= 1, "video.actors", "must be at least 1")
+        require(self.cpus_per_actor > 0, "video.cpus_per_actor", "must be positive")
+        require(self.fps is None or self.fps > 0, "video.fps", "must be positive")
+        require(self.max_side is None or self.max_side >= 32, "video.max_side", "must be at least 32 pixels")
+        require(1 <= self.jpeg_quality <= 100, "video.jpeg_quality", "must be between 1 and 100")
+        require(self.cut_ratio > 1 and self.cut_min_diff >= 0, "video.cut_ratio", "cut_ratio > 1 and cut_min_diff >= 0")
+        require(self.cut_window >= 1 and self.min_shot_frames >= 1, "video.cut_window",
+                "cut_window and min_shot_frames must be at least 1")
 
 
 @dataclass
@@ -265,3 +310,4 @@ class Config:
     cam: CamConfig = field(default_factory=CamConfig)
     tcam: TcamConfig = field(default_factory=TcamConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)

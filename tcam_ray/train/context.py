@@ -5,6 +5,7 @@ the checkpoint to restart from, and a way to report an epoch.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -78,7 +79,7 @@ class LocalContext:
     def to_device(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(np.require(v, requirements="W")).to(self.device) for k, v in batch.items()}
 
-    def train_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+    def train_batches(self, next_epoch_follows: bool = False) -> Iterator[dict[str, torch.Tensor]]:
         return (self.to_device(batch) for batch in self.train_source(self.rng))
 
     def eval_batches(self, split: str) -> Iterator[dict[str, torch.Tensor]]:
@@ -94,6 +95,34 @@ class LocalContext:
 
     def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
         pass
+
+
+class EarlyStart:
+    """An iterator whose first item is fetched now, in a thread (where the pipeline's start-up is paid)."""
+
+    def __init__(self, make_iterator: Callable[[], Iterator]):
+        self.first: list = []
+        self.error: BaseException | None = None
+        self.iterator: Iterator | None = None
+        self.thread = threading.Thread(target=self.start, args=(make_iterator,), daemon=True)
+        self.thread.start()
+
+    def start(self, make_iterator: Callable[[], Iterator]) -> None:
+        try:
+            self.iterator = make_iterator()
+            self.first = [next(self.iterator)]
+        except StopIteration:
+            pass
+        except BaseException as error:  # re-raised in the training thread
+            self.error = error
+
+    def batches(self) -> Iterator:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        yield from self.first
+        if self.first:
+            yield from self.iterator
 
 
 class RayTrainContext:
@@ -112,16 +141,25 @@ class RayTrainContext:
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
         self._ray_train = ray.train
+        self.next_epoch: EarlyStart | None = None
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch
 
         return ray.train.torch.prepare_model(model)
 
-    def train_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+    def train_batches(self, next_epoch_follows: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+        """This epoch's shard. When another epoch follows, its pipeline is started as soon as this
+        one runs dry, so Ray Data's start-up (seconds) overlaps validation and checkpointing."""
+        started, self.next_epoch = self.next_epoch or EarlyStart(self.shard_batches), None
+        yield from started.batches()
+        if next_epoch_follows:
+            self.next_epoch = EarlyStart(self.shard_batches)
+
+    def shard_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         shard = self._ray_train.get_dataset_shard("train")
-        return shard.iter_torch_batches(batch_size=self.cfg.input.batch_size, dtypes=self.train_dtypes,
-                                        device=self.device, drop_last=True, prefetch_batches=PREFETCH_BATCHES)
+        return iter(shard.iter_torch_batches(batch_size=self.cfg.input.batch_size, dtypes=self.train_dtypes,
+                                             device=self.device, drop_last=True, prefetch_batches=PREFETCH_BATCHES))
 
     def eval_batches(self, split: str) -> Iterator[dict[str, torch.Tensor]]:
         shard = self._ray_train.get_dataset_shard(split)

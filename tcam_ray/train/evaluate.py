@@ -40,28 +40,35 @@ def load_classifier(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Mo
     trained = checkpoint_config(checkpoint)
     model = build_classifier(trained.model.arch, len(meta["classes"]), layer4_stride=trained.model.layer4_stride)
     model.load_state_dict(load_state(checkpoint, device)["model"])
-    return model.to(device).eval(), meta, trained
+    return model.to(device, memory_format=torch.channels_last).eval(), meta, trained  # as normalise() lays out images
+
+
+def load_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict, Config]:
+    """A checkpoint's model of either stage (eval mode, channels-last as the training runner has it:
+    on CPU, normalise()'s channels-last images through a contiguous model run several times slower),
+    its meta and its training config."""
+    meta = read_meta(checkpoint)
+    if meta.get("stage") != "tcam":
+        return load_classifier(checkpoint, device)
+    trained = checkpoint_config(checkpoint)
+    model = build_tcam_model(trained.model.arch, len(meta["classes"]), layer4_stride=trained.model.layer4_stride,
+                             decoder_widths=trained.tcam.decoder_widths)
+    model.load_state_dict(load_state(checkpoint, device)["model"])
+    return model.to(device, memory_format=torch.channels_last).eval(), meta, trained
 
 
 def load_predictor(checkpoint: Path, device: torch.device, cfg: Config) -> tuple[Callable, dict, Config]:
     """(images, labels) -> (maps, predicted classes) for a checkpoint of either stage."""
-    meta = read_meta(checkpoint)
-    trained = checkpoint_config(checkpoint)
+    model, meta, trained = load_model(checkpoint, device)
     if meta.get("stage") == "tcam":
-        model = build_tcam_model(trained.model.arch, len(meta["classes"]), layer4_stride=trained.model.layer4_stride,
-                                 decoder_widths=trained.tcam.decoder_widths)
-        model.load_state_dict(load_state(checkpoint, device)["model"])
-        model = model.to(device).eval()
-
         def tcam_maps(images, labels):
             with torch.no_grad():
                 out = model(images)
             return foreground_map(out.seg_logits), out.cls_logits.argmax(1)
         return tcam_maps, meta, trained
-    classifier, meta, trained = load_classifier(checkpoint, device)
 
     def cam_maps(images, labels):
-        out = compute_cam_output(classifier, images, labels if cfg.eval.cam_target == "true" else None, cfg.cam.method)
+        out = compute_cam_output(model, images, labels if cfg.eval.cam_target == "true" else None, cfg.cam.method)
         return out.maps, out.logits.argmax(1)
     return cam_maps, meta, trained
 

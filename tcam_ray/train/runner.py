@@ -141,7 +141,7 @@ class Runner(ABC):
         last: dict = {}
         for epoch in range(self.start_epoch, self.cfg.train.epochs + 1):
             self.maybe_fail(epoch)
-            train_metrics = self.train_epoch()
+            train_metrics = self.train_epoch(next_epoch_follows=epoch < self.cfg.train.epochs)
             val_metrics = self.validate() if self.is_chief else {}
             self.scheduler.step()
             self.on_epoch_end()
@@ -169,11 +169,18 @@ class Runner(ABC):
             marker.touch()
             raise InjectedFailure(f"train.fail_at_epoch={epoch}: failing once on purpose")
 
-    def train_epoch(self) -> dict:
+    def train_epoch(self, next_epoch_follows: bool = False) -> dict:
         started = time.perf_counter()
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
-        for batch in self.ctx.train_batches():
+        waited = 0.0  # seconds blocked on the input pipeline: data-bound when close to the epoch's time
+        batches = iter(self.ctx.train_batches(next_epoch_follows))
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - asked
+            if batch is None:
+                break
             with autocast_for(self.ctx.device, self.cfg):
                 loss, stats = self.step_loss(batch)
             self.optimizer.zero_grad(set_to_none=True)
@@ -184,7 +191,7 @@ class Runner(ABC):
             stats = {"loss": loss.detach().float() * samples, "samples": samples, **stats}
             for name, value in stats.items():
                 sums[name] = sums.get(name, 0) + value.detach().float()
-        return self.epoch_means(sums, time.perf_counter() - started)
+        return {**self.epoch_means(sums, time.perf_counter() - started), "data_seconds": round(waited, 3)}
 
     def epoch_means(self, sums: dict[str, torch.Tensor], seconds: float) -> dict:
         names = sorted(sums)

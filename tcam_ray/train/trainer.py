@@ -22,7 +22,7 @@ from ..config import Config, ScaleConfig, to_dict
 from ..data import FrameIndex, index_dataset
 from ..data.buffers import shots_from_store
 from ..data.cam_store import CamStore, checkpoint_id
-from ..runs import create_run_dir
+from ..runs import create_run_dir, ray_storage_path
 from .checkpoints import STATE_FILE, CheckpointKeeper, checkpoint_config
 from .context import LocalContext, buffer_source, frame_source
 from .loop import job_dict, runner_class, train_loop_per_worker
@@ -42,8 +42,11 @@ class TrainResult:
 
 
 @contextlib.contextmanager
-def ray_session(scale: ScaleConfig):
-    """Attach to scale.address / RAY_ADDRESS, or start a local Ray on 127.0.0.1 (stopped on exit)."""
+def ray_session(scale: ScaleConfig, dashboard: bool = False):
+    """Attach to scale.address / RAY_ADDRESS, or start a local Ray on 127.0.0.1 (stopped on exit).
+
+    `dashboard` starts the local Ray's dashboard: Tune sweeps need it, or the workers of the
+    trials ASHA stops keep their CPUs (placement groups leak without it)."""
     import ray
 
     if ray.is_initialized():
@@ -57,7 +60,8 @@ def ray_session(scale: ScaleConfig):
     else:
         for key, value in LOCAL_ENV.items():
             os.environ.setdefault(key, value)
-        ray.init(num_cpus=scale.local_cpus, include_dashboard=False, **quiet)
+        ray.init(num_cpus=scale.local_cpus, include_dashboard=dashboard,
+                 **({"dashboard_host": "127.0.0.1"} if dashboard else {}), **quiet)
     try:
         yield
     finally:
@@ -79,17 +83,18 @@ def check_cpu_budget(scale: ScaleConfig) -> None:
             "lower scale.cpus_per_worker (fractions like 0.5 work) or scale.num_workers")
 
 
-def prepare_run(cfg: Config, stage: str) -> tuple[Config, Path, JobSpec, CamStore | None]:
-    """The run folder with its config and frame index; for stage tcam the CAM store (read once,
-    checked, returned) and the model section becomes the stage-1 classifier's (the decoder sits
-    on that encoder)."""
+def prepare_run(cfg: Config, stage: str, index: FrameIndex | None = None
+                ) -> tuple[Config, Path, JobSpec, CamStore | None]:
+    """The run folder with its config and frame index (`index`, or the dataset indexed now); for
+    stage tcam the CAM store (read once, checked, returned) and the model section becomes the
+    stage-1 classifier's (the decoder sits on that encoder)."""
     runner_class(stage)  # an unknown stage fails before anything is written
     store = read_cam_store(cfg) if stage == "tcam" else None
     if store is not None:
         cfg = dataclasses.replace(cfg, model=checkpoint_config(Path(store.info.checkpoint)).model)
     run_dir = create_run_dir(cfg, f"train-{stage}")
     index_path = run_dir / "frame_index.parquet"
-    index = index_dataset(cfg.dataset)
+    index = index or index_dataset(cfg.dataset)
     index.write(index_path)
     if store is not None:
         check_cam_store(store, cfg.tcam.cams, index)
@@ -133,33 +138,45 @@ def ray_train_dataset(cfg: Config, index: FrameIndex, store: CamStore | None):
     return buffer_train_dataset(shots_from_store(store), cfg, store.info.size, store.info.dtype)
 
 
-def fit_on_ray(cfg: Config, job: JobSpec, store: CamStore | None) -> dict:
+def build_torch_trainer(cfg: Config, job: JobSpec, store: CamStore | None, storage_path: str, name: str,
+                        callbacks: list | None = None):
+    """The TorchTrainer of one training (`tcam-ray train`, or one trial of a sweep): the workers
+    run `train_loop_per_worker` on Ray Data shards; Ray keeps its run state under
+    storage_path/name (a path or a URI Ray accepts)."""
     import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ..data.pipeline import configure_ray_data, eval_dataset
+    from ..data.pipeline import eval_dataset
+
+    index = FrameIndex.read(job.index_path)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "job": job_dict(job)},
+        scaling_config=ScalingConfig(num_workers=cfg.scale.num_workers, use_gpu=cfg.scale.use_gpu,
+                                     resources_per_worker={"CPU": cfg.scale.cpus_per_worker}),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks,
+        ),
+        datasets={"train": ray_train_dataset(cfg, index, store),
+                  cfg.eval.split: eval_dataset(index.table, cfg, cfg.eval.split)},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def fit_on_ray(cfg: Config, job: JobSpec, store: CamStore | None) -> dict:
+    from ..data.pipeline import configure_ray_data
 
     with ray_session(cfg.scale):
         check_cpu_budget(cfg.scale)
         configure_ray_data()
-        index = FrameIndex.read(job.index_path)
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"cfg": to_dict(cfg), "job": job_dict(job)},
-            scaling_config=ScalingConfig(num_workers=cfg.scale.num_workers, use_gpu=cfg.scale.use_gpu,
-                                         resources_per_worker={"CPU": cfg.scale.cpus_per_worker}),
-            run_config=RunConfig(
-                name=f"attempt-{time.strftime('%Y%m%d-%H%M%S')}",
-                storage_path=str(Path(job.run_dir) / "ray"),
-                checkpoint_config=CheckpointConfig(num_to_keep=1),
-                failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
-                logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-            ),
-            datasets={"train": ray_train_dataset(cfg, index, store),
-                      cfg.eval.split: eval_dataset(index.table, cfg, cfg.eval.split)},
-            dataset_config=DataConfig(datasets_to_split=["train"]),
-        )
+        trainer = build_torch_trainer(cfg, job, store, ray_storage_path(cfg.run, Path(job.run_dir)),
+                                      name=f"attempt-{time.strftime('%Y%m%d-%H%M%S')}")
         result = trainer.fit()
     return result.return_value or result.metrics or {}
 
@@ -200,7 +217,8 @@ class EpochPrinter:
 def epoch_line(record: dict, epochs: int) -> str:
     head = f"epoch {record['epoch']}/{epochs} {record['split']:>5}:"
     if record["split"] == "train":
-        return f"{head} loss {record['loss']:.3f}  top1 {record['top1']:.1f}%  ({record.get('seconds', 0):.1f} s)"
+        waited = f", {record['data_seconds']:.1f} s waiting for data" if "data_seconds" in record else ""
+        return f"{head} loss {record['loss']:.3f}  top1 {record['top1']:.1f}%  ({record.get('seconds', 0):.1f} s{waited})"
     if record.get("corloc") is None:
         return f"{head} no frames with boxes"
     return f"{head} CorLoc {record['corloc']:.1f}%  MaxBoxAccV2 {record['maxboxacc_v2']:.1f}%  top1 {record['top1']:.1f}%"

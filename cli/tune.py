@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tcam_ray.tune.sweep import load_sweep
+from tcam_ray.tune.tuner import run_sweep
+
+from .common import AddressOption, SetOption
+
+
+def tune(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Sweep file (e.g. configs/tune-synthetic.yaml): the "
+                                         "training config it overlays, the search space, the metric and ASHA.")],
+    set_: SetOption = None,
+    address: AddressOption = None,
+    num_samples: Annotated[Optional[int], typer.Option(help="Replace the sweep's num_samples.")] = None,
+    max_concurrent_trials: Annotated[Optional[int], typer.Option(
+        help="Replace the sweep's max_concurrent_trials (default: as many trials as the cluster's CPUs/GPUs hold).")]
+    = None,
+):
+    """Search a training's settings with Ray Tune and ASHA: every trial trains stage cam or tcam on Ray
+    Train workers and reports val CorLoc (or the sweep's metric) each epoch; ASHA stops the trials
+    that fall behind.
+
+    --set overrides the training config (e.g. --set tcam.cams=STORE). The sweep folder
+    ({run.root}/{run.name}, default runs/tune-{timestamp}) gets each trial's run folder under
+    trials/, results.csv, best.yaml (the best trial's config, ready for `tcam-ray train`) and a plot
+    of the metric per epoch. Running the same command with the same run.name resumes an interrupted
+    sweep (Tuner.restore): errored and unfinished trials go on from their last checkpoint.
+    """
+    overrides = [*(set_ or []), *([f"scale.address={address}"] if address else [])]
+    sweep = load_sweep(config, overrides, num_samples=num_samples, max_concurrent_trials=max_concurrent_trials)
+    result = run_sweep(sweep, say=typer.echo)
+    typer.echo("")
+    typer.echo(result.table)
+    typer.echo(f"\nresults: {result.csv}\nplot: {result.plot}")
+    if result.best_yaml:
+        typer.echo(f"best config: {result.best_yaml}\nbest checkpoints: {result.best.run_dir / 'checkpoints'}")
+    failed = [row.trial_id for row in result.rows if row.status in ("error", "unfinished")]
+    if failed:
+        typer.echo(f"{len(failed)} trial(s) did not finish ({', '.join(failed)}); run the same command again "
+                   f"(run.name={result.sweep_dir.name}) to resume them", err=True)
+        raise typer.Exit(1)

@@ -1,0 +1,3 @@
+"""Ray Tune sweeps of either stage (`tcam-ray tune`): sweep files (sweep.py), the search space
+(search_space.py), per-trial resources (resources.py), one trial (trial.py), running and resuming a
+sweep (tuner.py) and its results (results.py)."""
