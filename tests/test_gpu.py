@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tcam_ray.config import load
-from tcam_ray.data.frames import normalise
+from tcam_ray.data.tensors import normalise
 from tcam_ray.methods.crf_loss import DenseCRFLoss
 from tcam_ray.methods.pseudo_labels import pseudo_labels
 from tcam_ray.methods.tcam_losses import ExtendedLogBarrier, tcam_loss

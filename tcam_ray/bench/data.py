@@ -77,8 +77,10 @@ def ray_data_rate(cfg: Config, index_table: pa.Table, passes: int) -> float:
 
 def dataloader_rate(cfg: Config, index_table: pa.Table, passes: int) -> float:
     rows = split_rows(index_table, "train")
+    # spawn: workers forked from a process whose OpenCV thread pool is running (e.g. right after
+    # generating the synthetic set) hang in their first cv2 call (seen)
     loader = DataLoader(FrameBatches(rows, cfg), batch_size=None, shuffle=True, num_workers=PROCESSES,
-                        persistent_workers=True)
+                        persistent_workers=True, multiprocessing_context="spawn")
     frames_per_second(1, lambda: iter(loader))
     rate = frames_per_second(passes, lambda: iter(loader))
     log(f"torch DataLoader: {rate:.0f} frames/s over {passes} passes ({PROCESSES} worker processes)")

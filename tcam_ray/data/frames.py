@@ -2,7 +2,10 @@
 
 Batches are dicts of NumPy arrays, as Ray Data's `map_batches(batch_format="numpy")`
 hands them over. Frames leave here as small uint8 RGB arrays (cheap to move);
-normalisation to float happens on the training worker's device.
+normalisation to float happens on the training worker's device (tensors.normalise).
+This module does not import torch: Ray Data's decode tasks run it in worker
+processes that Ray starts afresh for each epoch, and torch's import costs them
+about 1.5 s each time.
 """
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyarrow as pa
-import torch
 
 from .layout import DatasetError
 
@@ -75,11 +77,3 @@ def shots_table(train_rows: pa.Table) -> pa.Table:
         [("frame_id", "list"), ("label", "min"), (ROW, "min")])
     return pa.table({"shot_id": grouped["shot_id"], "frame_ids": grouped["frame_id_list"],
                      "label": grouped["label_min"], ROW: grouped[f"{ROW}_min"]})
-
-
-def normalise(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float normalised, channels-last in memory."""
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)

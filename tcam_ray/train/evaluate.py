@@ -18,7 +18,8 @@ import torch
 from .. import viz
 from ..config import Config
 from ..data import FrameIndex, index_dataset
-from ..data.frames import IMAGE, LABEL, ROW, normalise
+from ..data.frames import IMAGE, LABEL, ROW
+from ..data.tensors import normalise
 from ..data.pipeline import split_rows
 from ..evaluation import LocalizationEvaluator
 from ..evaluation.boxes import predict_boxes

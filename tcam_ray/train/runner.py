@@ -18,7 +18,8 @@ import torch.distributed as dist
 
 from ..config import Config, to_dict
 from ..data import FrameIndex
-from ..data.frames import IMAGE, LABEL, ROW, normalise
+from ..data.frames import IMAGE, LABEL, ROW
+from ..data.tensors import normalise
 from ..data.pipeline import split_rows
 from ..evaluation import LocalizationEvaluator
 from .checkpoints import CheckpointKeeper, load_state

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.frames import IMAGE, LABEL, normalise
+from ..data.frames import IMAGE, LABEL
+from ..data.tensors import normalise
 from ..data.pipeline import split_rows
 from ..methods.cam import compute_cam_output
 from ..models import build_classifier

@@ -10,7 +10,8 @@ import torch
 
 from ..data.buffers import BUFFER, VALID
 from ..data.cam_store import CamStore
-from ..data.frames import IMAGE, LABEL, normalise
+from ..data.frames import IMAGE, LABEL
+from ..data.tensors import normalise
 from ..methods.crf_loss import DenseCRFLoss
 from ..methods.pseudo_labels import pseudo_labels
 from ..methods.tcam_losses import ExtendedLogBarrier, tcam_loss

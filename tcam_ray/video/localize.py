@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config
-from ..data.frames import normalise
+from ..data.tensors import normalise
 from ..evaluation.boxes import make_thresholds, scale_boxes, sweep_boxes
 from ..io import atomic_write_text
 from ..methods.cam import compute_cam_output
