@@ -19,8 +19,8 @@ from . import viz
 from .config import Config
 from .data import index_dataset, metadata_folder
 from .data.frames import IMAGE, LABEL, ROW
-from .data.tensors import normalise
 from .data.pipeline import split_rows
+from .data.tensors import normalise
 from .data.synthetic import generate
 from .evaluation.boxes import predict_boxes
 from .io import atomic_write_text

@@ -18,8 +18,8 @@ from ..config import Config
 from ..data import FrameIndex, index_dataset
 from ..data.cam_store import CamStoreWriter, StoreInfo, checkpoint_id
 from ..data.frames import IMAGE, LABEL, ROW
-from ..data.tensors import normalise
 from ..data.pipeline import split_rows
+from ..data.tensors import normalise
 from ..methods.cam import compute_cams
 from .checkpoints import STATE_FILE
 from .evaluate import check_same_classes, load_classifier

@@ -19,8 +19,8 @@ from .. import viz
 from ..config import Config
 from ..data import FrameIndex, index_dataset
 from ..data.frames import IMAGE, LABEL, ROW
-from ..data.tensors import normalise
 from ..data.pipeline import split_rows
+from ..data.tensors import normalise
 from ..evaluation import LocalizationEvaluator
 from ..evaluation.boxes import predict_boxes
 from ..io import atomic_write_text

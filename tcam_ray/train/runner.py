@@ -19,8 +19,8 @@ import torch.distributed as dist
 from ..config import Config, to_dict
 from ..data import FrameIndex
 from ..data.frames import IMAGE, LABEL, ROW
-from ..data.tensors import normalise
 from ..data.pipeline import split_rows
+from ..data.tensors import normalise
 from ..evaluation import LocalizationEvaluator
 from .checkpoints import CheckpointKeeper, load_state
 from .metrics_log import MetricsLog

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.frames import IMAGE, LABEL
-from ..data.tensors import normalise
 from ..data.pipeline import split_rows
+from ..data.tensors import normalise
 from ..methods.cam import compute_cam_output
 from ..models import build_classifier
 from .runner import Runner
