@@ -456,8 +456,7 @@ def sample_seeds(
 ) -> Tensor:
     """(B, h, w) int64 seeds: 1 on dilated foreground seeds, 0 on dilated background ones, ignore_index elsewhere."""
     _check_maps(maps)
-    if ksz < 1 or ksz % 2 == 0:
-        raise ValueError(f"ksz must be a positive odd number, got {ksz}")
+    _check_ksz(ksz)
     fg_points, bg_points = _draw_points(maps.float(), _regions_of(maps, roi, max_p, min_p), n_fg, n_bg, weighted,
                                         generator)
     return _label_image(fg_points, bg_points, roi, ksz, ignore_index)
@@ -559,8 +558,7 @@ def pseudo_labels(
     Defaults are the paper's: ROI all with min size 0.05, max_p 0.6, min_p 0.1,
     one weighted foreground and one background seed, ksz 3.
     """
-    if ksz < 1 or ksz % 2 == 0:
-        raise ValueError(f"ksz must be a positive odd number, got {ksz}")
+    _check_ksz(ksz)
     pooled = cam_tmp(buffer, valid, sharpen)
     roi, threshold_levels, fg_points, bg_points = _roi_and_points(pooled, roi_mode, min_size, max_p, min_p, n_fg,
                                                                   n_bg, weighted, generator)
@@ -595,3 +593,8 @@ def _roi_histograms(histograms: Tensor, threshold_levels: Tensor, bins: Tensor, 
 def _check_maps(maps: Tensor) -> None:
     if maps.ndim != 3:
         raise ValueError(f"maps must be (B, h, w), got shape {tuple(maps.shape)}")
+
+
+def _check_ksz(ksz: int) -> None:
+    if ksz < 1 or ksz % 2 == 0:
+        raise ValueError(f"ksz must be a positive odd number, got {ksz}")
