@@ -19,10 +19,10 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.mark.parametrize("layer4_stride", [1, 2])
+@pytest.mark.parametrize("layer4_stride, layer3_stride", [(1, 2), (2, 2), (1, 1)])
 @pytest.mark.parametrize("size", [(64, 64), (72, 56)])
-def test_output_shapes_resnet18(layer4_stride, size):
-    model = build_tcam_model("resnet18", NUM_CLASSES, layer4_stride=layer4_stride)
+def test_output_shapes_resnet18(layer4_stride, layer3_stride, size):
+    model = build_tcam_model("resnet18", NUM_CLASSES, layer4_stride=layer4_stride, layer3_stride=layer3_stride)
     out = model(torch.randn(2, 3, *size))
     assert isinstance(out, TCAMOutput)
     assert out.seg_logits.shape == (2, 2, *size)

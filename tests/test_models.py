@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision
 
+from tcam_ray.methods.cam import compute_cams
 from tcam_ray.models import (
     ENCODER_ARCHS,
     CamClassifier,
@@ -193,3 +194,15 @@ def test_layer4_stride_one_gives_twice_finer_maps_with_the_same_weights():
     assert fine.strides[-1] == 16
     bottleneck = build_encoder("resnet50", layer4_stride=1)
     assert bottleneck(torch.randn(1, 3, 64, 64))[-1].shape[-2:] == (4, 4)
+
+
+def test_layer3_stride_one_gives_output_stride_8():
+    coarse = build_encoder("resnet18", layer4_stride=1)
+    fine = build_encoder("resnet18", layer4_stride=1, layer3_stride=1)
+    fine.load_state_dict(coarse.state_dict())
+    assert [f.shape[-1] for f in fine(torch.randn(1, 3, 64, 64))] == [32, 16, 8, 8, 8]
+    assert fine.strides == [2, 4, 8, 8, 8]
+    classifier = build_classifier("resnet18", 3, layer4_stride=1, layer3_stride=1)
+    assert compute_cams(classifier.eval(), torch.randn(2, 3, 64, 64), output_size=(8, 8)).shape == (2, 8, 8)
+    with pytest.raises(ValueError, match="layer3_stride"):
+        build_encoder("resnet18", layer3_stride=4)

@@ -333,6 +333,35 @@ def test_pseudo_labels_match_the_per_frame_reference():
         assert ((counts >= 1) & (counts <= 9)).all() and ((expected_counts >= 1) & (expected_counts <= 9)).all()
 
 
+@pytest.mark.parametrize("roi_mode", ["all", "largest", "densest"])
+def test_uint8_levels_give_what_their_float_maps_give(roi_mode):
+    """The CAM store's uint8 buffers are pooled as levels: same maps, ROI, threshold and seed draws as
+    level / 255 in float, and as the per-frame reference fed the same uint8 buffer."""
+    buffer, valid = synthetic_batch(10, 48)
+    levels = (buffer * 255).round().to(torch.uint8)
+    as_levels = pl.pseudo_labels(levels, valid, roi_mode=roi_mode, n_fg=5, n_bg=5,
+                                 generator=torch.Generator().manual_seed(3))
+    as_floats = pl.pseudo_labels(levels.float() / 255.0, valid, roi_mode=roi_mode, n_fg=5, n_bg=5,
+                                 generator=torch.Generator().manual_seed(3))
+    assert as_levels.maps.dtype == torch.uint8
+    for field in ("pooled", "roi", "thresholds", "seeds"):
+        assert torch.equal(getattr(as_levels, field), getattr(as_floats, field)), field
+    expected = reference.reference_pseudo_labels(levels.numpy(), valid.numpy(), np.random.default_rng(0),
+                                                 roi_mode=roi_mode)
+    np.testing.assert_array_equal(as_levels.pooled.numpy(), expected["pooled"])
+    np.testing.assert_array_equal(as_levels.roi.numpy(), expected["roi"])
+
+
+def test_seed_pixels_are_the_label_image():
+    buffer, valid = synthetic_batch(6, 32)
+    labels = pl.pseudo_labels(buffer, valid, n_fg=6, n_bg=6, ksz=5, generator=torch.Generator().manual_seed(1))
+    assert labels.seed_pixels.unique().numel() == labels.seed_pixels.numel()  # overlapping squares: once each
+    dense = labels.seeds.reshape(-1)
+    labelled = (dense != IGNORE).nonzero().squeeze(1)
+    assert torch.equal(labels.seed_pixels.sort().values, labelled)
+    assert torch.equal(dense[labels.seed_pixels], labels.seed_classes)
+
+
 def test_batch_and_single_frames_agree():
     buffer, valid = synthetic_batch(6, 40)
     batch = pl.pseudo_labels(buffer, valid, roi_mode="densest", generator=torch.Generator().manual_seed(0))

@@ -25,9 +25,12 @@ from tcam_ray.methods.tcam_losses import (
     enabled_terms,
     roi_box_mask,
     roi_fg_fraction,
+    seed_loss,
     self_learning_loss,
+    sparse_self_learning_loss,
     tcam_loss,
 )
+from tcam_ray.methods.pseudo_labels import pseudo_labels
 from tcam_ray.ops._loader import OpBuildError, load_extension
 from tcam_ray.ops.crf_reference import exact_dense_crf_energy
 
@@ -72,6 +75,29 @@ def test_self_learning_gradcheck():
     logits = torch.randn(2, 2, 3, 3, dtype=torch.float64, requires_grad=True)
     seeds = torch.tensor([[[0, IGNORE, 1], [IGNORE, 1, IGNORE], [0, 0, IGNORE]]]).repeat(2, 1, 1)
     assert torch.autograd.gradcheck(lambda x: self_learning_loss(x, seeds), (logits,))
+
+
+def test_sparse_self_learning_equals_the_dense_loss_and_its_gradient():
+    labels = pseudo_labels(torch.rand(4, 2, 20, 20), torch.ones(4, 2, dtype=torch.bool), n_fg=4, n_bg=4,
+                           generator=torch.Generator().manual_seed(0))
+    logits = torch.randn(4, 2, 20, 20, dtype=torch.float64, requires_grad=True)
+    sparse = sparse_self_learning_loss(logits, labels.seed_pixels, labels.seed_classes)
+    dense = self_learning_loss(logits, labels.seeds)
+    assert sparse.item() == pytest.approx(dense.item(), rel=1e-12)
+    sparse_grad, = torch.autograd.grad(sparse, logits)
+    dense_grad, = torch.autograd.grad(dense, logits)
+    torch.testing.assert_close(sparse_grad, dense_grad)
+    assert seed_loss(logits, labels).item() == pytest.approx(dense.item(), rel=1e-12)
+    # at another size than the logits, the label image is resized as for a dense seed image
+    bigger = torch.randn(4, 2, 40, 40, dtype=torch.float64)
+    assert seed_loss(bigger, labels).item() == pytest.approx(self_learning_loss(bigger, labels.seeds).item())
+
+
+def test_sparse_self_learning_without_seeds_is_zero_with_a_graph():
+    logits = torch.randn(2, 2, 4, 4, requires_grad=True)
+    loss = sparse_self_learning_loss(logits, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
 
 
 # --- extended log-barrier ------------------------------------------------------------------

@@ -28,8 +28,11 @@ BASELINE_NAME = "per-frame reference (numpy + OpenCV)"
 
 
 def reference_cam_tmp(buffer: np.ndarray, valid: np.ndarray, sharpen: float | None = None) -> np.ndarray:
-    """(h, w) float32 max over the valid entries of one frame's (T, h, w) buffer; zeros if none is valid."""
+    """(h, w) float32 max over the valid entries of one frame's (T, h, w) buffer (maps in [0, 1], or uint8
+    levels: map = level / 255); zeros if none is valid."""
     entries = buffer.astype(np.float32)[valid.astype(bool)]
+    if buffer.dtype == np.uint8:
+        entries /= np.float32(255)
     pooled = entries.max(axis=0) if len(entries) else np.zeros(buffer.shape[1:], np.float32)
     if sharpen is not None:
         scaled = np.float32(sharpen) * pooled
@@ -186,9 +189,11 @@ def _load() -> float | None:
         return None
 
 
-def _case(repeats: int, roi_mode: str, device: torch.device, threads: int | None, frames: int = 32,
-          size: int = 224) -> dict:
+def _case(repeats: int, roi_mode: str, device: torch.device, threads: int | None, dtype: torch.dtype,
+          frames: int = 32, size: int = 224) -> dict:
     buffer, valid = synthetic_buffers(frames, 2, size)
+    if dtype == torch.uint8:  # the CAM store's levels, as the training rows carry them
+        buffer = (buffer * 255.0).round_().to(torch.uint8)
     reference_buffer, reference_valid = buffer.numpy(), valid.numpy()
     buffer, valid = buffer.to(device), valid.to(device)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -205,25 +210,28 @@ def _case(repeats: int, roi_mode: str, device: torch.device, threads: int | None
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(default_threads)
-    config = {"frames": frames, "T": 2, "h": size, "w": size, "roi_mode": roi_mode, "min_size": 0.05, "max_p": 0.6,
+    config = {"frames": frames, "T": 2, "h": size, "w": size, "buffer_dtype": str(dtype).removeprefix("torch."),
+              "roi_mode": roi_mode, "min_size": 0.05, "max_p": 0.6,
               "min_p": 0.1, "n_fg": 1, "n_bg": 1, "ksz": 3, "weighted": True, "repeats": repeats,
               "statistic": "median, ours and baseline timed alternately",
               "device": "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device),
               "torch_threads": used_threads, "baseline_device": "cpu, 1 process", "load_1min": _load()}
-    case = f"pseudo_labels_{frames}x{size}_{roi_mode}"
+    case = f"pseudo_labels_{frames}x{size}_{roi_mode}" + ("_float32" if dtype == torch.float32 else "")
     case += "_cuda" if device.type == "cuda" else ("" if threads is None else f"_{threads}thread")
     return {"bench": "seeds", "case": case, "value": round(ours, 3), "unit": "ms", "baseline": round(baseline, 3),
             "baseline_name": BASELINE_NAME, "speedup": round(baseline / ours, 2), "config": config}
 
 
 def run_seeds_bench(repeats: int = 20) -> Iterator[dict]:
-    """One record per case, 32 frames of 224x224 (T=2): CPU with torch's default threads (ROI all, the paper's,
-    then largest), CPU with one thread (less exposed to other jobs on a shared machine), CUDA when present."""
-    cases = [("all", torch.device("cpu"), None), ("largest", torch.device("cpu"), None),
-             ("all", torch.device("cpu"), 1)]
+    """One record per case, 32 frames of 224x224 (T=2), uint8 buffers (the CAM store's levels, which training
+    feeds): CPU with torch's default threads (ROI all, the paper's, then largest), CPU with one thread (less
+    exposed to other jobs on a shared machine), CUDA when present; then float32 buffers in [0, 1] on the CPU."""
+    cpu, uint8 = torch.device("cpu"), torch.uint8
+    cases = [("all", cpu, None, uint8), ("largest", cpu, None, uint8), ("all", cpu, 1, uint8)]
     if torch.cuda.is_available():
-        cases.append(("all", torch.device("cuda"), None))
-    for roi_mode, device, threads in cases:
-        print(f"seeds bench: 32 frames of 224x224, roi {roi_mode}, {device}"
-              + ("" if threads is None else f", {threads} thread(s)"), file=sys.stderr)
-        yield _case(repeats, roi_mode, device, threads)
+        cases.append(("all", torch.device("cuda"), None, uint8))
+    cases.append(("all", cpu, None, torch.float32))
+    for roi_mode, device, threads, dtype in cases:
+        print(f"seeds bench: 32 frames of 224x224, {str(dtype).removeprefix('torch.')} buffers, roi {roi_mode}, "
+              f"{device}" + ("" if threads is None else f", {threads} thread(s)"), file=sys.stderr)
+        yield _case(repeats, roi_mode, device, threads, dtype)

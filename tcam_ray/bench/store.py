@@ -20,7 +20,8 @@ def untrained_checkpoint(cfg: Config, classes: list[str], folder: Path) -> Path:
     """A stage-1 checkpoint of a randomly initialised classifier: the store's size does not
     depend on training (maps are min-max normalised either way)."""
     torch.manual_seed(cfg.train.seed)
-    model = build_classifier(cfg.model.arch, len(classes), layer4_stride=cfg.model.layer4_stride)
+    model = build_classifier(cfg.model.arch, len(classes), layer4_stride=cfg.model.layer4_stride,
+                             layer3_stride=cfg.model.layer3_stride)
     meta = {"stage": "cam", "epoch": 0, "classes": classes, "arch": cfg.model.arch}
     return write_checkpoint(folder, {"model": model.state_dict()}, meta, to_dict(cfg))
 

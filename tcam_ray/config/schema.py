@@ -90,6 +90,8 @@ class ModelConfig:
     weights: Optional[str] = None  # a local state dict for the encoder instead
     # 1: layer4 keeps stride 16 (finer CAMs: 14x14 at 224, as WSOL models do); 2: torchvision's 32.
     layer4_stride: Literal[1, 2] = 1
+    # 1 as well: layer3 and layer4 at stride 8 (CAMs 8x8 instead of 4x4 at 64 px: for small frames)
+    layer3_stride: Literal[1, 2] = 2
 
 
 @dataclass

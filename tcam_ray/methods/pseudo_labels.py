@@ -8,10 +8,13 @@ converges. The math runs in float32 whatever the input dtype.
 Conventions (deliberate; tests/test_pseudo_labels.py checks them against the
 per-frame numpy + OpenCV reference in tcam_ray/bench/seeds.py):
 
-- **Inputs.** CAMs are in [0, 1]. Invalid buffer entries are multiplied by
-  0 before the max, so they never win over a valid entry (they must be
-  finite: the buffer builder zero-fills its padding); a frame with no valid
-  entry pools to zeros.
+- **Inputs.** CAMs are in [0, 1], or uint8 levels (map = level / 255: the
+  CAM store's format, which the training rows carry); uint8 buffers are
+  pooled and thresholded as levels, never expanded to float (a quarter of the
+  memory traffic; sharpening works in float). Invalid buffer entries are
+  multiplied by 0 before the max, so they never win over a valid entry (they
+  must be finite: the buffer builder zero-fills its padding); a frame with no
+  valid entry pools to zeros.
 - **Levels.** Otsu, the ROI and the seed quantiles work on the 0-255 levels
   `round(255 * clamp(map, 0, 1))` (float32, round half to even).
 - **Otsu.** `otsu_thresholds` returns `t / 255`, `t` being OpenCV's Otsu
@@ -57,6 +60,7 @@ falls back to an exact inverse-CDF draw over its materialised region.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -72,10 +76,25 @@ ROI_MODES: tuple[str, ...] = ("all", "largest", "densest")
 
 @dataclass(frozen=True)
 class PseudoLabels:
-    pooled: Tensor  # (B, h, w) float32: CAM-TMP map, sharpened if asked
+    """The step's result. Seeds are a few hundred pixels of a batch: they are kept as pixel lists (what the
+    self-learning loss reads) and laid out as a label image only when `seeds` is read."""
+
+    maps: Tensor  # (B, h, w) CAM-TMP map (sharpened if asked): float32 in [0, 1], or uint8 levels
     roi: Tensor  # (B, h, w) bool
-    seeds: Tensor  # (B, h, w) int64: 1 foreground, 0 background, ignore_index elsewhere
     thresholds: Tensor  # (B,) float32: Otsu threshold of `pooled`, in [0, 1] units
+    seed_pixels: Tensor  # (S,) int64 distinct flat batch indices (frame * h * w + y * w + x) of the seed pixels
+    seed_classes: Tensor  # (S,) int64 label of each: 1 foreground, 0 background
+    ignore_index: int = -100
+
+    @property
+    def pooled(self) -> Tensor:
+        """(B, h, w) float32 CAM-TMP map in [0, 1]."""
+        return _unit(self.maps)
+
+    @functools.cached_property
+    def seeds(self) -> Tensor:
+        """(B, h, w) int64: 1 foreground, 0 background, ignore_index elsewhere."""
+        return _label_image(self.seed_pixels, self.seed_classes, self.roi.shape, self.ignore_index)
 
 
 # ----------------------------------------------------------------------------- CAM-TMP
@@ -88,20 +107,33 @@ def cam_tmp(buffer: Tensor, valid: Tensor, sharpen: float | None = None) -> Tens
     shot); `valid` (B, T) bool marks the real entries (False: padding at shot
     edges). `sharpen=h` gives exp(h * cam) / max over pixels of exp(h * cam).
     """
+    return _sharpened(_unit(_max_over_valid(buffer, valid)), sharpen)
+
+
+def _max_over_valid(buffer: Tensor, valid: Tensor) -> Tensor:
+    """(B, h, w) max over the valid entries, in the buffer's dtype."""
     if buffer.ndim != 4 or valid.shape != buffer.shape[:2] or valid.dtype != torch.bool:
         raise ValueError(f"cam_tmp wants buffer (B, T, h, w) and valid (B, T) bool, got {tuple(buffer.shape)}, "
                          f"{tuple(valid.shape)} {valid.dtype}")
     # Zeroing the padding (finite, zero-filled by the buffer builder) cannot beat a valid CAM >= 0. Exact in the
-    # input dtype, so float16 buffers are converted after the max, not before.
+    # input dtype, so float16 and uint8 buffers are converted after the max, not before.
     pooled = buffer[:, 0] * valid[:, 0, None, None]
     for entry in range(1, buffer.shape[1]):  # T = 1 + number of neighbours: a handful
         torch.maximum(pooled, buffer[:, entry] * valid[:, entry, None, None], out=pooled)
-    pooled = pooled.float()
-    if sharpen is not None:
-        scaled = pooled * float(sharpen)
-        # exp(h*cam) / max exp(h*cam) == exp(h*cam - max(h*cam)), which cannot overflow.
-        pooled = torch.exp(scaled - scaled.amax(dim=(1, 2), keepdim=True))
     return pooled
+
+
+def _sharpened(pooled: Tensor, sharpen: float | None) -> Tensor:
+    if sharpen is None:
+        return pooled
+    scaled = pooled * float(sharpen)
+    # exp(h*cam) / max exp(h*cam) == exp(h*cam - max(h*cam)), which cannot overflow.
+    return torch.exp(scaled - scaled.amax(dim=(1, 2), keepdim=True))
+
+
+def _unit(maps: Tensor) -> Tensor:
+    """Map values as float32: uint8 levels / 255, other maps as they are."""
+    return maps.float() / 255.0 if maps.dtype == torch.uint8 else maps.float()
 
 
 # ----------------------------------------------------------------------------- Otsu
@@ -115,6 +147,8 @@ def _bins(maps: Tensor) -> Tensor:
     keeps this, the largest working tensor, at the size of the map.
     """
     frames = maps.shape[0]
+    if maps.dtype == torch.uint8:  # already the levels
+        return maps.reshape(frames, -1).to(torch.int32).add_(_frame_offsets(frames, maps.device).to(torch.int32)[:, None])
     scaled = (maps.reshape(frames, -1).float() * 255.0).clamp_(0.0, 255.0).round_()
     scaled += _frame_offsets(frames, maps.device).float()[:, None]
     return scaled.to(torch.int32)
@@ -347,7 +381,7 @@ def _kept_blobs(runs: Runs, maps: Tensor, mode: str, min_area: float, frames: in
 def _blob_sums(runs: Runs, maps: Tensor, count: int) -> Tensor:
     """(R,) float64 sum of the map over each blob, at its first run."""
     width = maps.shape[-1]
-    prefix = F.pad(maps.reshape(-1, width).double().cumsum(dim=1), (1, 0))
+    prefix = F.pad(_unit(maps).reshape(-1, width).double().cumsum(dim=1), (1, 0))
     run_sum = prefix[runs.row, runs.end + 1] - prefix[runs.row, runs.start]
     return torch.zeros(count, dtype=torch.float64, device=maps.device).index_add_(0, runs.blob, run_sum)
 
@@ -457,9 +491,8 @@ def sample_seeds(
     """(B, h, w) int64 seeds: 1 on dilated foreground seeds, 0 on dilated background ones, ignore_index elsewhere."""
     _check_maps(maps)
     _check_ksz(ksz)
-    fg_points, bg_points = _draw_points(maps.float(), _regions_of(maps, roi, max_p, min_p), n_fg, n_bg, weighted,
-                                        generator)
-    return _label_image(fg_points, bg_points, roi, ksz, ignore_index)
+    fg_points, bg_points = _draw_points(maps, _regions_of(maps, roi, max_p, min_p), n_fg, n_bg, weighted, generator)
+    return _label_image(*_seed_pixels(fg_points, bg_points, roi, ksz), roi.shape, ignore_index)
 
 
 def _draw_points(maps: Tensor, regions: tuple[SeedRegion, SeedRegion], n_fg: int, n_bg: int, weighted: bool,
@@ -470,16 +503,24 @@ def _draw_points(maps: Tensor, regions: tuple[SeedRegion, SeedRegion], n_fg: int
     return _draw(foreground, weights, n_fg, generator), _draw(background, None, n_bg, generator)
 
 
-def _label_image(fg_points: Tensor, bg_points: Tensor, roi: Tensor, ksz: int, ignore_index: int) -> Tensor:
-    """(B, h, w) int64: 1 on the foreground squares, 0 on the background ones, ignore_index elsewhere."""
-    frames, height, width = roi.shape
-    fg_squares = _squares(fg_points, ksz, height, width)
+def _seed_pixels(fg_points: Tensor, bg_points: Tensor, roi: Tensor, ksz: int) -> tuple[Tensor, Tensor]:
+    """(pixels, classes): the distinct flat batch indices of the foreground squares (class 1) and of the
+    background ones (class 0) outside the ROI, less the pixels both cover."""
+    _, height, width = roi.shape
+    fg_squares = torch.unique(_squares(fg_points, ksz, height, width))
     bg_squares = _squares(bg_points, ksz, height, width)
-    bg_squares = bg_squares[~roi.reshape(-1)[bg_squares]]
-    seeds = torch.full((frames * height * width,), ignore_index, dtype=torch.long, device=roi.device)
-    seeds[fg_squares[~torch.isin(fg_squares, bg_squares)]] = 1
-    seeds[bg_squares[~torch.isin(bg_squares, fg_squares)]] = 0
-    return seeds.reshape(frames, height, width)
+    bg_squares = torch.unique(bg_squares[~roi.reshape(-1)[bg_squares]])
+    fg_only = fg_squares[~torch.isin(fg_squares, bg_squares)]
+    bg_only = bg_squares[~torch.isin(bg_squares, fg_squares)]
+    classes = torch.cat([torch.ones_like(fg_only), torch.zeros_like(bg_only)])
+    return torch.cat([fg_only, bg_only]), classes
+
+
+def _label_image(pixels: Tensor, classes: Tensor, shape: torch.Size, ignore_index: int) -> Tensor:
+    """(B, h, w) int64 with `classes` at `pixels` and ignore_index elsewhere."""
+    seeds = torch.full((shape.numel(),), ignore_index, dtype=torch.long, device=pixels.device)
+    seeds[pixels] = classes
+    return seeds.reshape(shape)
 
 
 def _draw(region: SeedRegion, weights: Tensor | None, draws: int, generator: torch.Generator | None) -> Tensor:
@@ -494,7 +535,7 @@ def _draw(region: SeedRegion, weights: Tensor | None, draws: int, generator: tor
         accepted &= (proposals[:, :, None] != chosen[:, None, :draw]).all(dim=2)
         if weights is not None:
             coin = torch.rand(proposals.shape, generator=generator, device=device)
-            accepted &= coin * bound[:, None] < weights.gather(1, proposals).clamp_(0.0, 1.0)
+            accepted &= coin * bound[:, None] < _unit(weights.gather(1, proposals)).clamp_(0.0, 1.0)
         first = accepted.byte().argmax(dim=1, keepdim=True)
         chosen[:, draw] = torch.where(accepted.any(dim=1), proposals.gather(1, first).squeeze(1), -1)
         missed = (chosen[:, draw] < 0).nonzero().squeeze(1)
@@ -516,7 +557,7 @@ def _exact_draw(region: SeedRegion, weights: Tensor | None, frames: Tensor, take
         rank = torch.minimum((uniform * total).long(), (total - 1).clamp_min(0)).to(torch.int32)
         pixel = torch.searchsorted(running, rank + 1)  # the (rank + 1)-th pixel of the region
     else:
-        running = torch.where(mask, weights[frames].clamp(0.0, 1.0), 0.0).cumsum(dim=1)
+        running = torch.where(mask, _unit(weights[frames]).clamp(0.0, 1.0), 0.0).cumsum(dim=1)
         total = running[:, -1:].contiguous()
         uniform = torch.rand(total.shape, generator=generator, device=mask.device)
         pixel = torch.searchsorted(running, uniform * total, right=True)
@@ -553,29 +594,32 @@ def pseudo_labels(
     generator: torch.Generator | None = None,
     ignore_index: int = -100,
 ) -> PseudoLabels:
-    """CAM-TMP -> Otsu -> ROI -> seeds for a batch of neighbour-frame CAM buffers (B, T, h, w).
+    """CAM-TMP -> Otsu -> ROI -> seeds for a batch of neighbour-frame CAM buffers (B, T, h, w), float in
+    [0, 1] or uint8 levels.
 
     Defaults are the paper's: ROI all with min size 0.05, max_p 0.6, min_p 0.1,
     one weighted foreground and one background seed, ksz 3.
     """
     _check_ksz(ksz)
-    pooled = cam_tmp(buffer, valid, sharpen)
-    roi, threshold_levels, fg_points, bg_points = _roi_and_points(pooled, roi_mode, min_size, max_p, min_p, n_fg,
+    maps = _max_over_valid(buffer, valid)
+    if maps.dtype != torch.uint8 or sharpen is not None:
+        maps = _sharpened(_unit(maps), sharpen)
+    roi, threshold_levels, fg_points, bg_points = _roi_and_points(maps, roi_mode, min_size, max_p, min_p, n_fg,
                                                                   n_bg, weighted, generator)
-    # The label image is made once the working tensors above are freed: a lower peak of memory.
-    seeds = _label_image(fg_points, bg_points, roi, ksz, ignore_index)
-    return PseudoLabels(pooled=pooled, roi=roi, seeds=seeds, thresholds=_level_to_unit(threshold_levels))
+    pixels, classes = _seed_pixels(fg_points, bg_points, roi, ksz)
+    return PseudoLabels(maps=maps, roi=roi, thresholds=_level_to_unit(threshold_levels), seed_pixels=pixels,
+                        seed_classes=classes, ignore_index=ignore_index)
 
 
-def _roi_and_points(pooled: Tensor, roi_mode: str, min_size: float, max_p: float, min_p: float, n_fg: int,
+def _roi_and_points(maps: Tensor, roi_mode: str, min_size: float, max_p: float, min_p: float, n_fg: int,
                     n_bg: int, weighted: bool, generator: torch.Generator | None):
-    bins = _bins(pooled)
+    bins = _bins(maps)
     histograms = _histograms(bins)
     threshold_levels = otsu_levels(histograms)
-    roi, dropped = _roi(_foreground(bins, threshold_levels, pooled.shape), pooled, roi_mode, min_size)
+    roi, dropped = _roi(_foreground(bins, threshold_levels, maps.shape), maps, roi_mode, min_size)
     roi_histograms = _roi_histograms(histograms, threshold_levels, bins, dropped)
     regions = _seed_regions(bins, histograms, roi_histograms, roi, max_p, min_p)
-    fg_points, bg_points = _draw_points(pooled, regions, n_fg, n_bg, weighted, generator)
+    fg_points, bg_points = _draw_points(maps, regions, n_fg, n_bg, weighted, generator)
     return roi, threshold_levels, fg_points, bg_points
 
 

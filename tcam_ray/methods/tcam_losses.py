@@ -113,6 +113,32 @@ def self_learning_loss(seg_logits: Tensor, seeds: Tensor, ignore_index: int = -1
     return per_pixel_sum / num_seeds
 
 
+@_float32
+def sparse_self_learning_loss(seg_logits: Tensor, pixels: Tensor, classes: Tensor) -> Tensor:
+    """Cross-entropy at the seed pixels only, averaged over them: `self_learning_loss` without the label image.
+
+    pixels (S,) distinct flat batch indices (frame * H * W + y * W + x) at the
+    logits' size; classes (S,) 0 (background) or 1 (foreground). Only the S
+    seed logits are read, instead of a (B, H, W) target mostly ignored.
+    """
+    _check_two_channels(seg_logits, "sparse_self_learning_loss")
+    if pixels.numel() == 0:
+        return seg_logits.sum() * 0.0
+    frames, channels, height, width = seg_logits.shape
+    frame = torch.div(pixels, height * width, rounding_mode="floor")
+    picked = seg_logits.reshape(frames, channels, height * width)[frame, :, pixels - frame * height * width]
+    return F.cross_entropy(picked, classes.long())
+
+
+def seed_loss(seg_logits: Tensor, seeds: Tensor | Any, ignore_index: int = -100) -> Tensor:
+    """The self-learning loss from a seed image (B, h, w), or from the pseudo-label step's result: read from
+    its seed pixels when they are at the logits' size (the training case), else from its label image."""
+    pixels = getattr(seeds, "seed_pixels", None)
+    if pixels is not None and tuple(seeds.roi.shape[-2:]) == tuple(seg_logits.shape[-2:]):
+        return sparse_self_learning_loss(seg_logits, pixels, seeds.seed_classes)
+    return self_learning_loss(seg_logits, getattr(seeds, "seeds", seeds), ignore_index)
+
+
 class ExtendedLogBarrier(nn.Module):
     """Extended log-barrier (Kervadec et al. 2019) for constraints z <= 0, averaged over all z.
 
@@ -258,7 +284,6 @@ def tcam_loss(
     """
     if roi is None and hasattr(seeds, "roi"):
         roi = seeds.roi
-    seeds = getattr(seeds, "seeds", seeds)
     if cam_fg_fraction is None and roi is not None:
         cam_fg_fraction = roi_fg_fraction(roi)
     if boxes_mask is None and roi is not None:
@@ -274,7 +299,7 @@ def tcam_loss(
         probs = logits.softmax(dim=1)
         terms: dict[str, Tensor] = {}
         if s.self_learning:
-            terms["self_learning"] = s.self_learning_weight * self_learning_loss(logits, seeds, ignore_index)
+            terms["self_learning"] = s.self_learning_weight * seed_loss(logits, seeds, ignore_index)
         if s.crf:
             terms["crf"] = _promote(crf(images, probs))
         if s.max_size:

@@ -44,9 +44,11 @@ def build_classifier(
     pretrained: str | None = None,
     weights: str | Path | None = None,
     layer4_stride: int = 2,
+    layer3_stride: int = 2,
 ) -> CamClassifier:
     """A CAM classifier; `pretrained`/`weights` initialise the encoder (see build_encoder)."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    encoder = build_encoder(arch, pretrained=pretrained, weights=weights, layer4_stride=layer4_stride)
+    encoder = build_encoder(arch, pretrained=pretrained, weights=weights, layer4_stride=layer4_stride,
+                            layer3_stride=layer3_stride)
     return CamClassifier(encoder, WGAPHead(encoder.out_channels[-1], num_classes))

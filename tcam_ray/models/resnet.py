@@ -47,19 +47,23 @@ class ResNetEncoder(ResNet):
     forward(x) -> [stem (conv1+bn+relu, stride 2), layer1 (4), layer2 (8), layer3 (16), layer4 (32)]
 
     `layer4_stride=1` keeps layer4 at stride 16 (as WSOL CAM models do: a 224 input gives
-    14x14 maps instead of 7x7); the weights keep their shapes, so pretrained ones still load.
+    14x14 maps instead of 7x7); `layer3_stride=1` as well keeps layer3 and layer4 at stride 8
+    (finer CAMs for small frames). The weights keep their shapes, so pretrained ones still load.
     """
 
-    def __init__(self, arch: str, layer4_stride: int = 2) -> None:
+    def __init__(self, arch: str, layer4_stride: int = 2, layer3_stride: int = 2) -> None:
         spec = _spec(arch)
-        if layer4_stride not in (1, 2):
-            raise ValueError(f"layer4_stride must be 1 or 2, got {layer4_stride}")
+        for name, stride in (("layer3_stride", layer3_stride), ("layer4_stride", layer4_stride)):
+            if stride not in (1, 2):
+                raise ValueError(f"{name} must be 1 or 2, got {stride}")
         super().__init__(spec.block, list(spec.layers))
         del self.avgpool, self.fc
         self.arch = arch
         widths = (64, 128, 256, 512)
         self.out_channels: list[int] = [64, *(w * spec.block.expansion for w in widths)]
-        self.strides: list[int] = [2, 4, 8, 16, 16 * layer4_stride]
+        self.strides: list[int] = [2, 4, 8, 8 * layer3_stride, 8 * layer3_stride * layer4_stride]
+        if layer3_stride == 1:
+            unstride_first_block(self.layer3[0])
         if layer4_stride == 1:
             unstride_first_block(self.layer4[0])
 
@@ -82,7 +86,8 @@ def unstride_first_block(block: BasicBlock | Bottleneck) -> None:
 
 
 def build_encoder(
-    arch: str, pretrained: str | None = None, weights: str | Path | None = None, layer4_stride: int = 2
+    arch: str, pretrained: str | None = None, weights: str | Path | None = None, layer4_stride: int = 2,
+    layer3_stride: int = 2,
 ) -> ResNetEncoder:
     """A ResNet encoder, randomly initialised unless `pretrained="imagenet"` or `weights=PATH`."""
     _spec(arch)
@@ -90,7 +95,7 @@ def build_encoder(
         raise ValueError("give either pretrained='imagenet' or weights=PATH, not both")
     if pretrained is not None and pretrained not in PRETRAINED_SOURCES:
         raise ValueError(f"unknown pretrained source {pretrained!r}; valid: {list(PRETRAINED_SOURCES)} or None")
-    encoder = ResNetEncoder(arch, layer4_stride)
+    encoder = ResNetEncoder(arch, layer4_stride, layer3_stride)
     if pretrained is not None:
         load_torchvision_weights(encoder, RESNET_SPECS[arch].imagenet_weights, arch)
     elif weights is not None:

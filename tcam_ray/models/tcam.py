@@ -87,6 +87,7 @@ def build_tcam_model(
     freeze: bool = True,
     layer4_stride: int = 2,
     decoder_widths: Sequence[int] | None = None,
+    layer3_stride: int = 2,
 ) -> TCAMModel:
     """A TCAM model whose classifier is loaded from a stage-1 `CamClassifier` state dict.
 
@@ -96,7 +97,7 @@ def build_tcam_model(
     `WeightsMismatchError` naming them (e.g. a different arch or class count).
     Without it the classifier is randomly initialised (tests, debugging).
     """
-    classifier = build_classifier(arch, num_classes, layer4_stride=layer4_stride)
+    classifier = build_classifier(arch, num_classes, layer4_stride=layer4_stride, layer3_stride=layer3_stride)
     if classifier_state is not None:
         state = unwrap_state_dict(classifier_state, source="stage-1 classifier state")
         load_strict(classifier, state, source=f"the stage-1 classifier state ({arch}, {num_classes} classes expected)")

@@ -39,7 +39,8 @@ def load_classifier(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Mo
     """A stage-1 checkpoint's classifier (eval mode), its meta and its training config."""
     meta = read_meta(checkpoint)
     trained = checkpoint_config(checkpoint)
-    model = build_classifier(trained.model.arch, len(meta["classes"]), layer4_stride=trained.model.layer4_stride)
+    model = build_classifier(trained.model.arch, len(meta["classes"]), layer4_stride=trained.model.layer4_stride,
+                             layer3_stride=trained.model.layer3_stride)
     model.load_state_dict(load_state(checkpoint, device)["model"])
     return model.to(device, memory_format=torch.channels_last).eval(), meta, trained  # as normalise() lays out images
 
@@ -53,7 +54,7 @@ def load_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module,
         return load_classifier(checkpoint, device)
     trained = checkpoint_config(checkpoint)
     model = build_tcam_model(trained.model.arch, len(meta["classes"]), layer4_stride=trained.model.layer4_stride,
-                             decoder_widths=trained.tcam.decoder_widths)
+                             decoder_widths=trained.tcam.decoder_widths, layer3_stride=trained.model.layer3_stride)
     model.load_state_dict(load_state(checkpoint, device)["model"])
     return model.to(device, memory_format=torch.channels_last).eval(), meta, trained
 

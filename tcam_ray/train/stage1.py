@@ -18,7 +18,8 @@ class Stage1Runner(Runner):
 
     def build_model(self) -> torch.nn.Module:
         model = self.cfg.model
-        return build_classifier(model.arch, len(self.classes), model.pretrained, model.weights, model.layer4_stride)
+        return build_classifier(model.arch, len(self.classes), model.pretrained, model.weights, model.layer4_stride,
+                                model.layer3_stride)
 
     def samples_per_epoch(self) -> int:
         train = split_rows(self.index.table, "train")

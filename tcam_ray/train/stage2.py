@@ -37,7 +37,7 @@ class Stage2Runner(Runner):
         state = load_state(Path(self.store.info.checkpoint))["model"]
         model = self.stage1.model
         return build_tcam_model(model.arch, len(self.classes), state, self.cfg.tcam.freeze_classifier,
-                                model.layer4_stride, self.cfg.tcam.decoder_widths)
+                                model.layer4_stride, self.cfg.tcam.decoder_widths, model.layer3_stride)
 
     def samples_per_epoch(self) -> int:
         shots = self.store.table["shot_id"].to_pylist()
@@ -47,7 +47,7 @@ class Stage2Runner(Runner):
         t = self.cfg.tcam
         images = normalise(batch[IMAGE], self.cfg.input.mean, self.cfg.input.std)
         with torch.no_grad():
-            labels = pseudo_labels(batch[BUFFER].float() / 255.0, batch[VALID], sharpen=t.sharpen, roi_mode=t.roi,
+            labels = pseudo_labels(batch[BUFFER], batch[VALID], sharpen=t.sharpen, roi_mode=t.roi,
                                    min_size=t.min_size, max_p=t.max_p, min_p=t.min_p, n_fg=t.fg_seeds,
                                    n_bg=t.bg_seeds, ksz=t.ksz, weighted=t.weighted_seeds,
                                    generator=self.seed_generator)
