@@ -4,6 +4,7 @@ same files, measured in one run, steady state (after a warm-up pass)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Iterator
@@ -16,11 +17,16 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import Config
 from ..data import index_dataset
 from ..data.frames import IMAGE, ROW, decode_batch
-from ..data.pipeline import split_rows
+from ..data.pipeline import DECODE_CPUS, split_rows
 from ..train.context import PREFETCH_BATCHES
 from .common import dataset_for, log, record, scratch_dir
 
-PROCESSES = 2
+
+
+def decode_processes(cfg: Config) -> int:
+    """How many decode tasks the local Ray runs at once (its CPUs / DECODE_CPUS): the baseline gets as many
+    worker processes."""
+    return max(1, int((cfg.scale.local_cpus or os.cpu_count() or 1) / DECODE_CPUS))
 
 
 class FrameBatches(Dataset):
@@ -75,15 +81,15 @@ def ray_data_rate(cfg: Config, index_table: pa.Table, passes: int) -> float:
     return rate
 
 
-def dataloader_rate(cfg: Config, index_table: pa.Table, passes: int) -> float:
+def dataloader_rate(cfg: Config, index_table: pa.Table, passes: int, processes: int) -> float:
     rows = split_rows(index_table, "train")
     # spawn: workers forked from a process whose OpenCV thread pool is running (e.g. right after
     # generating the synthetic set) hang in their first cv2 call (seen)
-    loader = DataLoader(FrameBatches(rows, cfg), batch_size=None, shuffle=True, num_workers=PROCESSES,
+    loader = DataLoader(FrameBatches(rows, cfg), batch_size=None, shuffle=True, num_workers=processes,
                         persistent_workers=True, multiprocessing_context="spawn")
     frames_per_second(1, lambda: iter(loader))
     rate = frames_per_second(passes, lambda: iter(loader))
-    log(f"torch DataLoader: {rate:.0f} frames/s over {passes} passes ({PROCESSES} worker processes)")
+    log(f"torch DataLoader: {rate:.0f} frames/s over {passes} passes ({processes} worker processes)")
     return rate
 
 
@@ -93,10 +99,11 @@ def run_data_bench(cfg: Config, repeats: int) -> Iterator[dict]:
         index = index_dataset(cfg.dataset)
         cfg_all = cfg if cfg.input.sampling == "all" else _every_frame(cfg)
         frames = index.counts()["train"]
-        baseline = dataloader_rate(cfg_all, index.table, repeats)
+        processes = decode_processes(cfg)
+        baseline = dataloader_rate(cfg_all, index.table, repeats, processes)
         ours = ray_data_rate(cfg_all, index.table, repeats)
         yield record("data", "train pipeline: decode+resize+crop+flip", ours, "frames/s", baseline,
-                     f"torch DataLoader, {PROCESSES} worker processes, same decode", True,
+                     f"torch DataLoader, {processes} worker processes, same decode", True,
                      {"frames": frames, "passes": repeats, "resize": cfg.input.resize_size,
                       "crop": cfg.input.crop_size, "batch": cfg.input.batch_size,
                       "decode_batch": cfg.input.decode_batch_size, "frame_size": _frame_size(index.table)})

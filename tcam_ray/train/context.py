@@ -21,7 +21,7 @@ from ..data.pipeline import split_rows
 EVAL_DTYPES = {IMAGE: torch.uint8, LABEL: torch.int64, ROW: torch.int64}
 TRAIN_DTYPES = {"cam": EVAL_DTYPES, "tcam": {IMAGE: torch.uint8, BUFFER: torch.uint8, VALID: torch.bool,
                                               LABEL: torch.int64}}
-PREFETCH_BATCHES = 4  # decoded batches kept ready ahead of the training step
+PREFETCH_BATCHES = 2  # decoded batches kept ready ahead of the training step
 
 # In-process training data: (rng) -> numpy batches of input.batch_size (last partial one dropped).
 LocalSource = Callable[[np.random.Generator], Iterator[dict[str, np.ndarray]]]
