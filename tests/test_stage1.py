@@ -84,7 +84,7 @@ def test_corrupt_frame_error_names_the_file(local_ray, dataset_root, tmp_path):
 
 def test_whole_cpu_workers_that_would_starve_decoding_are_refused(local_ray, dataset_root, tmp_path):
     cfg = config(dataset_root, tmp_path, "scale.num_workers=2", "scale.cpus_per_worker=1")
-    with pytest.raises(ValueError, match=r"leaves less than 0.5 of the cluster.s 2 CPUs for decoding frames \(it would hang\)"):
+    with pytest.raises(ValueError, match=r"leaves less than 1.0 of the cluster.s 2 CPUs for decoding frames \(it would hang\)"):
         check_cpu_budget(cfg.scale)
 
 

@@ -21,6 +21,7 @@ from .frames import ROW, decode_batch, shots_table, with_row_numbers
 # looks for finished tasks every 100 ms at most, and with one task per CPU that CPU idles until it
 # does (bench data, 2 CPUs: 0.89x -> 0.95x of a DataLoader with as many processes).
 DECODE_CPUS = 0.5
+DECODE_RESERVE_CPUS = 2 * DECODE_CPUS  # kept free for decoding beside training workers and trials
 
 
 def configure_ray_data() -> None:

@@ -72,14 +72,14 @@ def check_cpu_budget(scale: ScaleConfig) -> None:
     """Whole-CPU workers that take every CPU starve Ray Data's decode tasks: a hang, not an error."""
     import ray
 
-    from ..data.pipeline import DECODE_CPUS
+    from ..data.pipeline import DECODE_RESERVE_CPUS
 
     total = ray.cluster_resources().get("CPU", 0)
     wanted = scale.num_workers * scale.cpus_per_worker
-    if wanted + DECODE_CPUS > total:
+    if wanted + DECODE_RESERVE_CPUS > total:
         raise ValueError(
             f"scale.num_workers={scale.num_workers} x scale.cpus_per_worker={scale.cpus_per_worker} = {wanted} CPUs "
-            f"leaves less than {DECODE_CPUS} of the cluster's {total:g} CPUs for decoding frames (it would hang); "
+            f"leaves less than {DECODE_RESERVE_CPUS} of the cluster's {total:g} CPUs for decoding frames (it would hang); "
             "lower scale.cpus_per_worker (fractions like 0.5 work) or scale.num_workers")
 
 

@@ -2,7 +2,7 @@
 
 A trial is a small driver function (DRIVER_CPUS) that starts a TorchTrainer whose workers take
 scale.num_workers x scale.cpus_per_worker CPUs (and a GPU each with scale.use_gpu). Ray Data's
-decode tasks need DECODE_CPUS free beside every running trial's workers, or they never start
+decode tasks need DECODE_RESERVE_CPUS free beside every running trial's workers, or they never start
 (a hang, see check_cpu_budget), so that much is held back from the count.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from ..config import ScaleConfig
-from ..data.pipeline import DECODE_CPUS
+from ..data.pipeline import DECODE_RESERVE_CPUS
 
 # Tune holds this for the trial's driver function (`{"cpu": 0}` is refused; 0.1 measured to work).
 DRIVER_CPUS = 0.1
@@ -37,8 +37,8 @@ class TrialResources:
 
 
 def trials_that_fit(need: TrialResources, cluster: dict) -> int:
-    """Trials the cluster's current CPUs (less DECODE_CPUS) and GPUs hold at once."""
-    cpus = cluster.get("CPU", 0.0) - DECODE_CPUS
+    """Trials the cluster's current CPUs (less DECODE_RESERVE_CPUS) and GPUs hold at once."""
+    cpus = cluster.get("CPU", 0.0) - DECODE_RESERVE_CPUS
     fit = math.floor(cpus / need.cpus + ROUNDING) if cpus > 0 else 0
     if need.gpus:
         fit = min(fit, math.floor(cluster.get("GPU", 0.0) / need.gpus + ROUNDING))
@@ -53,7 +53,7 @@ def max_concurrent_trials(need: TrialResources, cluster: dict, requested: int | 
     if fit < 1:
         have = f"{cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU"
         raise ValueError(
-            f"one trial needs {need.describe()} plus {DECODE_CPUS:g} CPU left for decoding frames, but the cluster "
+            f"one trial needs {need.describe()} plus {DECODE_RESERVE_CPUS:g} CPU left for decoding frames, but the cluster "
             f"has {have}: lower scale.cpus_per_worker or scale.num_workers, or, on an autoscaling cluster that "
             "adds nodes on demand, set max_concurrent_trials in the sweep file")
     return fit
