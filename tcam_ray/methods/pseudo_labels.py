@@ -56,7 +56,8 @@ dropped blobs' pixels. The regions are never materialised for sampling. Each dra
 PROPOSALS uniform pixels per frame and keeps the first one inside the region
 (accepted with probability value / bound when weighted): exactly the
 successive-sampling law. A frame with no accepted proposal (a tiny region)
-falls back to an exact inverse-CDF draw over its materialised region.
+falls back to an exact inverse-CDF draw over its materialised region. The
+seeds leave as a list of pixels (a few hundred per batch), not a label image.
 """
 from __future__ import annotations
 
