@@ -22,7 +22,6 @@ from ..train.context import PREFETCH_BATCHES
 from .common import dataset_for, log, record, scratch_dir
 
 
-
 def decode_processes(cfg: Config) -> int:
     """How many decode tasks the local Ray runs at once (its CPUs / DECODE_CPUS): the baseline gets as many
     worker processes."""

@@ -19,7 +19,7 @@ from .frames import ROW, decode_batch, shots_table, with_row_numbers
 
 # Per decode task (each decodes with one OpenCV thread). Two tasks share a CPU: Ray Data's executor
 # looks for finished tasks every 100 ms at most, and with one task per CPU that CPU idles until it
-# does (bench data, 2 CPUs: 0.89x -> 0.95x of a DataLoader with as many processes).
+# does (bench data, 2 CPUs: 0.89x -> about 0.94x of a DataLoader with as many processes).
 DECODE_CPUS = 0.5
 DECODE_RESERVE_CPUS = 2 * DECODE_CPUS  # kept free for decoding beside training workers and trials
 

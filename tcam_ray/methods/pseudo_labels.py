@@ -149,7 +149,8 @@ def _bins(maps: Tensor) -> Tensor:
     """
     frames = maps.shape[0]
     if maps.dtype == torch.uint8:  # already the levels
-        return maps.reshape(frames, -1).to(torch.int32).add_(_frame_offsets(frames, maps.device).to(torch.int32)[:, None])
+        offsets = _frame_offsets(frames, maps.device).to(torch.int32)
+        return maps.reshape(frames, -1).to(torch.int32).add_(offsets[:, None])
     scaled = (maps.reshape(frames, -1).float() * 255.0).clamp_(0.0, 255.0).round_()
     scaled += _frame_offsets(frames, maps.device).float()[:, None]
     return scaled.to(torch.int32)
