@@ -62,3 +62,11 @@ def exit_if_any_failed(failures: list, total: int, where: str = "see above") -> 
     if failures:
         typer.echo(f"{len(failures)} of {total} videos failed ({where})")
         raise typer.Exit(1)
+
+
+def print_video_outcome(outcome, describe_done) -> None:
+    """One line per finished video on stderr: the error (a VideoError) in red, else describe_done(outcome)."""
+    from tcam_ray.video.reader import VideoError
+
+    text = f"[red]failed[/] {outcome}" if isinstance(outcome, VideoError) else f"done {describe_done(outcome)}"
+    stderr.print(text, highlight=False, soft_wrap=True)

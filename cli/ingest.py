@@ -9,7 +9,8 @@ from tcam_ray.data.layout import SPLITS
 from tcam_ray.video.ingest import IngestItem, IngestSummary, ingest_videos, read_tags_file
 from tcam_ray.video.reader import VideoError, count_frames, expand_inputs
 
-from .common import CliError, ConfigOption, SetOption, exit_if_any_failed, load_config, progress_bar, stderr
+from .common import (CliError, ConfigOption, SetOption, exit_if_any_failed, load_config, print_video_outcome,
+                     progress_bar)
 
 
 def ingest(
@@ -72,11 +73,8 @@ def parse_inputs(inputs: list[str], tag: str | None, tags: Path | None, split: s
 
 
 def show(outcome) -> None:
-    if isinstance(outcome, VideoError):
-        stderr.print(f"[red]failed[/] {outcome}", highlight=False, soft_wrap=True)
-    else:
-        stderr.print(f"done {outcome.source} -> {outcome.tag}/data/{outcome.name}: {len(outcome.shots)} shots, "
-                     f"{outcome.frames_kept} frames", highlight=False, soft_wrap=True)
+    print_video_outcome(outcome, lambda done: f"{done.source} -> {done.tag}/data/{done.name}: {len(done.shots)} "
+                                              f"shots, {done.frames_kept} frames")
 
 
 def report(summary: IngestSummary) -> None:

@@ -12,7 +12,8 @@ from tcam_ray.io import atomic_write_text
 from tcam_ray.video.localize import Localizer, LocalizeSummary, localize_in_process, plan_jobs
 from tcam_ray.video.reader import VideoError, count_frames, expand_inputs
 
-from .common import CliError, ConfigOption, SetOption, exit_if_any_failed, load_config, progress_bar, stderr
+from .common import (CliError, ConfigOption, SetOption, exit_if_any_failed, load_config, print_video_outcome,
+                     progress_bar)
 
 LOCAL = "local"
 
@@ -76,11 +77,8 @@ def load_localizer(checkpoint: Path, cfg, class_name: str | None) -> Localizer:
 
 
 def show(outcome) -> None:
-    if isinstance(outcome, VideoError):
-        stderr.print(f"[red]failed[/] {outcome}", highlight=False, soft_wrap=True)
-    else:
-        stderr.print(f"done {outcome.source} -> {outcome.out_dir} ({outcome.frames} frames, "
-                     f"{outcome.frames_per_second:.1f} frames/s)", highlight=False, soft_wrap=True)
+    print_video_outcome(outcome, lambda done: f"{done.source} -> {done.out_dir} ({done.frames} frames, "
+                                              f"{done.frames_per_second:.1f} frames/s)")
 
 
 def write_summary(out: Path, checkpoint: Path, summary: LocalizeSummary) -> None:
