@@ -68,6 +68,28 @@ def test_every_frame_sampling_and_eval_rows(local_ray, dataset_root, tmp_path):
     assert np.array_equal(val["label"][np.argsort(val["row"])], labels)
 
 
+def test_data_bench_baselines_decode_what_the_pipeline_decodes(local_ray, dataset_root, tmp_path):
+    from tcam_ray.bench.data import TrainFrameBatches, TrainFrames
+    from tcam_ray.data.pipeline import split_rows
+
+    # crop = resize and no flip: augmentation draws nothing, so every path must give the same pixels
+    cfg = config(dataset_root, tmp_path, "input.sampling=all", "input.resize_size=32", "input.flip=false")
+    index = index_dataset(cfg.dataset)
+    ours = drain(train_dataset(index.table, cfg))
+    ours_images = ours["image"][np.argsort(ours["row"])]
+    rows = split_rows(index.table, "train")
+    plain = TrainFrames(rows, cfg)
+    plain_items = [plain[i] for i in range(len(plain))]
+    assert [item["row"] for item in plain_items] == list(range(FRAMES))
+    assert np.array_equal(np.stack([item["image"].numpy() for item in plain_items]), ours_images)
+    batched = TrainFrameBatches(rows, cfg)
+    parts = [batched[i] for i in range(len(batched))]
+    batched_rows = torch.cat([p["row"] for p in parts]).numpy()
+    batched_images = torch.cat([p["image"] for p in parts]).numpy()[np.argsort(batched_rows)]
+    assert sorted(batched_rows.tolist()) == list(range(FRAMES))
+    assert np.array_equal(batched_images, ours_images)
+
+
 def test_corrupt_frame_error_names_the_file(local_ray, dataset_root, tmp_path):
     cfg = config(dataset_root, tmp_path)
     index = index_dataset(cfg.dataset)

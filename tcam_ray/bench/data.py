@@ -1,13 +1,18 @@
-"""`tcam-ray bench data`: frames/s of the Ray Data training pipeline against a plain torch
-DataLoader doing the same decode and augmentation with the same number of processes on the
-same files, measured in one run, steady state (after a warm-up pass)."""
+"""`tcam-ray bench data`: frames/s of the Ray Data training pipeline against torch DataLoaders
+doing the same decode and augmentation with the same number of processes on the same files,
+all measured in one run, steady state (after a warm-up pass).
+
+Two baselines: the plain DataLoader the issue and the paper's code use (a Dataset that decodes one
+frame per `__getitem__`, batches collated by the DataLoader), and a batched one whose every item is
+a whole decode batch made by `decode_batch` (one inter-process transfer per 128 frames), which
+is faster than plain and the harder one to beat."""
 from __future__ import annotations
 
 import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -16,24 +21,54 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config
 from ..data import index_dataset
-from ..data.frames import IMAGE, ROW, decode_batch
+from ..data.frames import IMAGE, LABEL, ROW, decode_batch, decode_frame
 from ..data.pipeline import DECODE_CPUS, split_rows
 from ..train.context import PREFETCH_BATCHES
 from .common import dataset_for, log, record, scratch_dir
 
 
 def decode_processes(cfg: Config) -> int:
-    """How many decode tasks the local Ray runs at once (its CPUs / DECODE_CPUS): the baseline gets as many
-    worker processes."""
+    """How many decode tasks the local Ray runs at once (its CPUs / DECODE_CPUS): the baselines get as
+    many worker processes."""
     return max(1, int((cfg.scale.local_cpus or os.cpu_count() or 1) / DECODE_CPUS))
 
 
-class FrameBatches(Dataset):
-    """Batches of train frames decoded by the same function as the Ray pipeline."""
+class TrainFrames(Dataset):
+    """The plain baseline: one train frame per item, decoded and augmented by `decode_frame`."""
 
     def __init__(self, rows: pa.Table, cfg: Config):
         self.frame_ids = rows["frame_id"].to_pylist()
-        self.labels = rows["label"].to_numpy()
+        self.labels = rows[LABEL].to_numpy()
+        self.rows = rows[ROW].to_numpy()
+        self.cfg = cfg
+        self.rng: np.random.Generator | None = None  # made in each worker process, on first use
+
+    def __len__(self) -> int:
+        return len(self.frame_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        if self.rng is None:
+            cv2_single_thread()
+            self.rng = np.random.default_rng()
+        cfg = self.cfg.input
+        image = decode_frame(Path(self.cfg.dataset.root) / self.frame_ids[i], True, cfg.resize_size,
+                             cfg.crop_size, cfg.flip, self.rng)
+        return {IMAGE: torch.from_numpy(np.ascontiguousarray(image)), LABEL: int(self.labels[i]),
+                ROW: int(self.rows[i])}
+
+
+def cv2_single_thread() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # as decode_batch: parallelism comes from the worker processes
+
+
+class TrainFrameBatches(Dataset):
+    """The batched baseline: each item is one decode batch of train frames, made by `decode_batch`."""
+
+    def __init__(self, rows: pa.Table, cfg: Config):
+        self.frame_ids = rows["frame_id"].to_pylist()
+        self.labels = rows[LABEL].to_numpy()
         self.rows = rows[ROW].to_numpy()
         self.cfg = cfg
         self.batch = cfg.input.decode_batch_size
@@ -43,69 +78,83 @@ class FrameBatches(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         part = slice(i * self.batch, (i + 1) * self.batch)
-        columns = {"frame_id": self.frame_ids[part], "label": self.labels[part], ROW: self.rows[part]}
+        columns = {"frame_id": self.frame_ids[part], LABEL: self.labels[part], ROW: self.rows[part]}
         out = decode_batch(columns, self.cfg.dataset.root, True, self.cfg.input.resize_size,
                            self.cfg.input.crop_size, self.cfg.input.flip)
         return {k: torch.from_numpy(v) for k, v in out.items()}
 
 
-def frames_per_second(passes: int, make_iter) -> float:
+def one_pass(batches: Iterable[dict]) -> tuple[int, float]:
     counted, started = 0, time.perf_counter()
+    for batch in batches:
+        counted += len(batch[IMAGE])
+    return counted, time.perf_counter() - started
+
+
+def alternated_rates(passes: int, pipelines: dict[str, Callable[[], Iterable[dict]]]) -> dict[str, float]:
+    """Frames/s of each pipeline, timing one pass of each in turn after a warm-up pass of each, so
+    that a machine whose speed drifts (shared VMs do, by several percent) weighs on all alike."""
+    for epoch in pipelines.values():
+        one_pass(epoch())  # workers, imports, caches
+    frames, seconds = dict.fromkeys(pipelines, 0), dict.fromkeys(pipelines, 0.0)
     for _ in range(passes):
-        for batch in make_iter():
-            counted += len(batch[IMAGE])
-    return counted / (time.perf_counter() - started)
+        for name, epoch in pipelines.items():
+            counted, took = one_pass(epoch())
+            frames[name] += counted
+            seconds[name] += took
+    return {name: frames[name] / seconds[name] for name in pipelines}
 
 
-def ray_data_rate(cfg: Config, index_table: pa.Table, passes: int) -> float:
-    import ray
-
+def ray_data_epochs(cfg: Config, index_table: pa.Table) -> Callable[[], Iterable[dict]]:
+    """Passes over the training pipeline as a train worker reads it (inside a ray_session)."""
     from ..data.pipeline import configure_ray_data, train_dataset
-    from ..train.trainer import ray_session
 
-    dtypes = {IMAGE: torch.uint8, "label": torch.int64, ROW: torch.int64}
-    torch.set_num_threads(1)  # as in a train worker; 2 threads make Ray's batch collation crawl here
-    with ray_session(cfg.scale):
-        configure_ray_data()
-        dataset = train_dataset(index_table, cfg)
-        iterator = dataset.iterator()
-
-        def epoch():
-            return iterator.iter_torch_batches(batch_size=cfg.input.batch_size, dtypes=dtypes,
+    configure_ray_data()
+    iterator = train_dataset(index_table, cfg).iterator()
+    dtypes = {IMAGE: torch.uint8, LABEL: torch.int64, ROW: torch.int64}
+    return lambda: iterator.iter_torch_batches(batch_size=cfg.input.batch_size, dtypes=dtypes,
                                                prefetch_batches=PREFETCH_BATCHES)
 
-        frames_per_second(1, epoch)  # warm-up: workers, imports, caches
-        rate = frames_per_second(passes, epoch)
-        log(f"ray data: {rate:.0f} frames/s over {passes} passes ({ray.cluster_resources().get('CPU')} CPUs)")
-    return rate
 
-
-def dataloader_rate(cfg: Config, index_table: pa.Table, passes: int, processes: int) -> float:
-    rows = split_rows(index_table, "train")
+def baseline_loaders(cfg: Config, rows: pa.Table, processes: int) -> dict[str, DataLoader]:
     # spawn: workers forked from a process whose OpenCV thread pool is running (e.g. right after
     # generating the synthetic set) hang in their first cv2 call (seen)
-    loader = DataLoader(FrameBatches(rows, cfg), batch_size=None, shuffle=True, num_workers=processes,
-                        persistent_workers=True, multiprocessing_context="spawn")
-    frames_per_second(1, lambda: iter(loader))
-    rate = frames_per_second(passes, lambda: iter(loader))
-    log(f"torch DataLoader: {rate:.0f} frames/s over {passes} passes ({processes} worker processes)")
-    return rate
+    common = dict(shuffle=True, num_workers=processes, persistent_workers=True, multiprocessing_context="spawn")
+    return {"plain": DataLoader(TrainFrames(rows, cfg), batch_size=cfg.input.batch_size, **common),
+            "batched": DataLoader(TrainFrameBatches(rows, cfg), batch_size=None, **common)}
+
+
+BASELINE_NAMES = {
+    "plain": "torch DataLoader, plain: a frame per __getitem__ (decode_frame), batches of {batch} collated, "
+             "{processes} worker processes",
+    "batched": "torch DataLoader, batched: {decode_batch} frames per __getitem__ (decode_batch), "
+               "{processes} worker processes",
+}
 
 
 def run_data_bench(cfg: Config, repeats: int) -> Iterator[dict]:
+    from ..train.trainer import ray_session
+
     with scratch_dir() as scratch:
         cfg = dataset_for(cfg, Path(scratch))
         index = index_dataset(cfg.dataset)
         cfg_all = cfg if cfg.input.sampling == "all" else _every_frame(cfg)
-        frames = index.counts()["train"]
         processes = decode_processes(cfg)
-        baseline = dataloader_rate(cfg_all, index.table, repeats, processes)
-        ours = ray_data_rate(cfg_all, index.table, repeats)
-        yield record("data", "train pipeline: decode+resize+crop+flip", ours, "frames/s", baseline,
-                     f"torch DataLoader, {processes} worker processes, same decode", True,
-                     {"frames": frames, "passes": repeats, "resize": cfg.input.resize_size,
-                      "crop": cfg.input.crop_size, "batch": cfg.input.batch_size,
-                      "decode_batch": cfg.input.decode_batch_size, "frame_size": _frame_size(index.table)})
+        loaders = baseline_loaders(cfg_all, split_rows(index.table, "train"), processes)
+        torch.set_num_threads(1)  # as in a train worker; 2 threads make Ray's batch collation crawl here
+        with ray_session(cfg.scale):
+            pipelines = {"ray": ray_data_epochs(cfg_all, index.table),
+                         **{name: (lambda loader=loader: iter(loader)) for name, loader in loaders.items()}}
+            rates = alternated_rates(repeats, pipelines)
+        for name, rate in rates.items():
+            log(f"{name}: {rate:.0f} frames/s over {repeats} passes ({processes} decode processes)")
+        settings = {"frames": index.counts()["train"], "passes": repeats, "resize": cfg.input.resize_size,
+                    "crop": cfg.input.crop_size, "batch": cfg.input.batch_size,
+                    "decode_batch": cfg.input.decode_batch_size, "frame_size": _frame_size(index.table)}
+        for name in loaders:
+            yield record("data", f"train pipeline: decode+resize+crop+flip, vs {name} DataLoader", rates["ray"],
+                         "frames/s", rates[name], BASELINE_NAMES[name].format(processes=processes, **settings),
+                         True, settings)
 
 
 def _every_frame(cfg: Config) -> Config:

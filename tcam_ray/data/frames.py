@@ -4,8 +4,8 @@ Batches are dicts of NumPy arrays, as Ray Data's `map_batches(batch_format="nump
 hands them over. Frames leave here as small uint8 RGB arrays (cheap to move);
 normalisation to float happens on the training worker's device (tensors.normalise).
 This module does not import torch: Ray Data's decode tasks run it in worker
-processes that Ray starts afresh for each epoch, and torch's import costs them
-about 1.5 s each time.
+processes that Ray starts when it needs more (and, on clusters not set up as in
+clusters/, after each idle second), and torch's import costs each about 1.5 s.
 """
 from __future__ import annotations
 
@@ -58,12 +58,18 @@ def decode_batch(batch: dict[str, np.ndarray], root: str, train: bool, resize_si
         order = rng.permutation(len(batch["label"]))
         batch = {name: [values[i] for i in order] for name, values in batch.items()}
     frame_ids = batch["frame_id"] if "frame_id" in batch else [ids[rng.integers(len(ids))] for ids in batch["frame_ids"]]
-    size = resize_size if train else crop_size
     images = np.empty((len(frame_ids), crop_size, crop_size, 3), np.uint8)
     for i, frame_id in enumerate(frame_ids):
-        image = cv2.resize(read_frame(Path(root) / frame_id), (size, size), interpolation=cv2.INTER_LINEAR)
-        images[i] = random_crop_flip(image, crop_size, flip, rng) if train else image
+        images[i] = decode_frame(Path(root) / frame_id, train, resize_size, crop_size, flip, rng)
     return {IMAGE: images, LABEL: np.array(batch["label"], np.int64), ROW: np.array(batch["row"], np.int64)}
+
+
+def decode_frame(path: Path, train: bool, resize_size: int, crop_size: int, flip: bool,
+                 rng: np.random.Generator) -> np.ndarray:
+    """One frame as decode_batch makes it: (crop, crop, 3) uint8, a view when cropped."""
+    size = resize_size if train else crop_size
+    image = cv2.resize(read_frame(path), (size, size), interpolation=cv2.INTER_LINEAR)
+    return random_crop_flip(image, crop_size, flip, rng) if train else image
 
 
 def with_row_numbers(table: pa.Table) -> pa.Table:

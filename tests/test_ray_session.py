@@ -1,0 +1,30 @@
+"""The embedded local Ray that `ray_session` starts (it must be the one that starts it: no
+module-wide Ray here)."""
+from __future__ import annotations
+
+import os
+import time
+
+import ray
+
+from tcam_ray.config import ScaleConfig
+from tcam_ray.data.pipeline import DECODE_CPUS
+from tcam_ray.train.trainer import ray_session
+
+
+def test_decode_workers_outlive_a_pause_between_epochs():
+    """Ray kills idle workers beyond its free CPUs after 1 s; ours keeps one per decode slot, so an
+    epoch after a validation or checkpoint pause does not start new processes."""
+    @ray.remote(num_cpus=DECODE_CPUS)
+    def decode_slot() -> int:
+        time.sleep(3)  # long enough for all slots to hold a task at once
+        return os.getpid()
+
+    assert not ray.is_initialized(), "this test needs to start its own local Ray"
+    with ray_session(ScaleConfig(local_cpus=2)):
+        slots = int(2 / DECODE_CPUS)
+        first = set(ray.get([decode_slot.remote() for _ in range(slots)]))
+        time.sleep(2.5)
+        second = set(ray.get([decode_slot.remote() for _ in range(slots)]))
+    assert len(first) == slots
+    assert second == first
