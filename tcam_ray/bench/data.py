@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -140,9 +141,11 @@ def run_data_bench(cfg: Config, repeats: int) -> Iterator[dict]:
         index = index_dataset(cfg.dataset)
         cfg_all = cfg if cfg.input.sampling == "all" else _every_frame(cfg)
         processes = decode_processes(cfg)
-        loaders = baseline_loaders(cfg_all, split_rows(index.table, "train"), processes)
         torch.set_num_threads(1)  # as in a train worker; 2 threads make Ray's batch collation crawl here
-        with ray_session(cfg.scale):
+        with ray_session(cfg.scale), warnings.catch_warnings():
+            # more worker processes than CPUs is the point here (as many as Ray's decode tasks)
+            warnings.filterwarnings("ignore", message="This DataLoader will create")
+            loaders = baseline_loaders(cfg_all, split_rows(index.table, "train"), processes)
             pipelines = {"ray": ray_data_epochs(cfg_all, index.table),
                          **{name: (lambda loader=loader: iter(loader)) for name, loader in loaders.items()}}
             rates = alternated_rates(repeats, pipelines)

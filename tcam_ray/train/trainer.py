@@ -45,10 +45,12 @@ def idle_worker_env(cpus: float) -> dict[str, str]:
     """Keep every decode worker process alive between passes. By default Ray keeps as many idle
     workers as it has free CPUs and kills the others after 1 s idle, so with two decode tasks per
     CPU (and fewer free CPUs while training workers hold some) each epoch started new processes
-    (bench data, a pass of each baseline in between: 1200 -> 2000 frames/s on 2 CPUs)."""
+    (bench data, a pass of each baseline in between: 1200 -> 2000 frames/s on 2 CPUs). One spare
+    per CPU on top: Ray starts a spare worker or two when tasks queue, and killing and restarting
+    it cost each pass after a pause of a second or more 0.15-0.35 s on 2 CPUs."""
     from ..data.pipeline import DECODE_CPUS
 
-    return {"RAY_num_workers_soft_limit": str(int(cpus / DECODE_CPUS))}
+    return {"RAY_num_workers_soft_limit": str(int(cpus / DECODE_CPUS + cpus))}
 
 
 @contextlib.contextmanager
