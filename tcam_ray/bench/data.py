@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import torch
@@ -34,22 +35,27 @@ def decode_processes(cfg: Config) -> int:
     return max(1, int((cfg.scale.local_cpus or os.cpu_count() or 1) / DECODE_CPUS))
 
 
-class TrainFrames(Dataset):
-    """The plain baseline: one train frame per item, decoded and augmented by `decode_frame`."""
+class TrainRows(Dataset):
+    """The train rows of the frame index, as the baselines' Datasets read them."""
 
     def __init__(self, rows: pa.Table, cfg: Config):
         self.frame_ids = rows["frame_id"].to_pylist()
         self.labels = rows[LABEL].to_numpy()
         self.rows = rows[ROW].to_numpy()
         self.cfg = cfg
-        self.rng: np.random.Generator | None = None  # made in each worker process, on first use
+
+
+class TrainFrames(TrainRows):
+    """The plain baseline: one train frame per item, decoded and augmented by `decode_frame`."""
+
+    rng: np.random.Generator | None = None  # made in each worker process, on first use
 
     def __len__(self) -> int:
         return len(self.frame_ids)
 
     def __getitem__(self, i: int) -> dict:
         if self.rng is None:
-            cv2_single_thread()
+            cv2.setNumThreads(1)  # as decode_batch: parallelism comes from the worker processes
             self.rng = np.random.default_rng()
         cfg = self.cfg.input
         image = decode_frame(Path(self.cfg.dataset.root) / self.frame_ids[i], True, cfg.resize_size,
@@ -58,27 +64,15 @@ class TrainFrames(Dataset):
                 ROW: int(self.rows[i])}
 
 
-def cv2_single_thread() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # as decode_batch: parallelism comes from the worker processes
-
-
-class TrainFrameBatches(Dataset):
+class TrainFrameBatches(TrainRows):
     """The batched baseline: each item is one decode batch of train frames, made by `decode_batch`."""
 
-    def __init__(self, rows: pa.Table, cfg: Config):
-        self.frame_ids = rows["frame_id"].to_pylist()
-        self.labels = rows[LABEL].to_numpy()
-        self.rows = rows[ROW].to_numpy()
-        self.cfg = cfg
-        self.batch = cfg.input.decode_batch_size
-
     def __len__(self) -> int:
-        return (len(self.frame_ids) + self.batch - 1) // self.batch
+        return -(-len(self.frame_ids) // self.cfg.input.decode_batch_size)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        part = slice(i * self.batch, (i + 1) * self.batch)
+        size = self.cfg.input.decode_batch_size
+        part = slice(i * size, (i + 1) * size)
         columns = {"frame_id": self.frame_ids[part], LABEL: self.labels[part], ROW: self.rows[part]}
         out = decode_batch(columns, self.cfg.dataset.root, True, self.cfg.input.resize_size,
                            self.cfg.input.crop_size, self.cfg.input.flip)
