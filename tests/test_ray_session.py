@@ -13,8 +13,8 @@ from tcam_ray.train.trainer import ray_session
 
 
 def test_decode_workers_outlive_a_pause_between_epochs():
-    """Ray kills idle workers beyond its free CPUs after 1 s; ours keeps one per decode slot, so an
-    epoch after a validation or checkpoint pause does not start new processes."""
+    """Ray kills idle workers beyond its free CPUs after 1 s; ours keeps a decode slot and a spare
+    per CPU, so an epoch after a validation or checkpoint pause does not start new processes."""
     @ray.remote(num_cpus=DECODE_CPUS)
     def decode_slot() -> int:
         time.sleep(3)  # long enough for all slots to hold a task at once

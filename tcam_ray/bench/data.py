@@ -25,7 +25,7 @@ from ..config import Config
 from ..data import index_dataset
 from ..data.frames import IMAGE, LABEL, ROW, decode_batch, decode_frame
 from ..data.pipeline import DECODE_CPUS, split_rows
-from ..train.context import PREFETCH_BATCHES
+from ..train.context import PREFETCH_BATCHES, TRAIN_DTYPES
 from .common import dataset_for, log, record, scratch_dir
 
 
@@ -106,8 +106,7 @@ def ray_data_epochs(cfg: Config, index_table: pa.Table) -> Callable[[], Iterable
 
     configure_ray_data()
     iterator = train_dataset(index_table, cfg).iterator()
-    dtypes = {IMAGE: torch.uint8, LABEL: torch.int64, ROW: torch.int64}
-    return lambda: iterator.iter_torch_batches(batch_size=cfg.input.batch_size, dtypes=dtypes,
+    return lambda: iterator.iter_torch_batches(batch_size=cfg.input.batch_size, dtypes=TRAIN_DTYPES["cam"],
                                                prefetch_batches=PREFETCH_BATCHES)
 
 
