@@ -121,8 +121,8 @@ def comparison_grid(cam_checkpoint: Path, tcam_checkpoint: Path, thresholds: tup
                                                               tcam_maps.numpy(), boxes, sizes):
         side = image.shape[0]
         gt = [np.asarray(b) * [side / width, side / height, side / width, side / height] for b in frame_boxes]
-        cam_panel = viz.map_panel(image, cam, gt, predict_boxes(cam, cam_threshold, (side, side), cfg.eval.box_mode))
-        tcam_panel = viz.map_panel(image, tcam, gt, predict_boxes(tcam, tcam_threshold, (side, side), cfg.eval.box_mode))
+        cam_panel = viz.map_panel(image, cam, gt, predict_boxes(cam, cam_threshold, (side, side), cfg.eval.protocol))
+        tcam_panel = viz.map_panel(image, tcam, gt, predict_boxes(tcam, tcam_threshold, (side, side), cfg.eval.protocol))
         rows.append(np.concatenate([cam_panel, tcam_panel[:, side:]], axis=1))
     captions = ["frame + GT | CAM | TCAM"] + [""] * (len(rows) - 1)
     return viz.grid(rows, columns=2, cell=(rows[0].shape[1] * 2, rows[0].shape[0] * 2), captions=captions)

@@ -160,11 +160,14 @@ class ScaleConfig:
 
 @dataclass
 class EvalConfig:
-    """How CorLoc is measured (wsol-done-right's MaxBoxAcc)."""
+    """How CorLoc / MaxBoxAcc(V2) are measured: clovaai/wsolevaluation's BoxEvaluator
+    (tcam_ray/evaluation/boxes.py). CorLoc and MaxBoxAcc use the largest contour's box,
+    MaxBoxAccV2 the best of all contours' boxes."""
 
     split: Literal["val", "test"] = "val"  # the split validated during training
-    box_mode: Literal["largest", "all"] = "largest"  # box of the largest contour, or the best of all contours
-    thresholds: int = 100  # map thresholds in [0, 1) swept for the best one
+    # map path: "wsol" = bicubic to 224 + min-max normalisation (wsolevaluation), "tcam" = TCAM's bilinear, as is
+    protocol: Literal["wsol", "tcam"] = "wsol"
+    thresholds: int = 100  # N map thresholds np.arange(0, 1, 1/N) swept for the best one
     iou_thresholds: list[int] = field(default_factory=lambda: [30, 50, 70])  # MaxBoxAccV2, in percent
     cam_target: Literal["true", "predicted"] = "true"  # whose class the map is drawn for
 

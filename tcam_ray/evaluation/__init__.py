@@ -1,27 +1,31 @@
-"""Localization metrics: boxes from maps over a threshold sweep, CorLoc / MaxBoxAcc(V2), top-1.
+"""Localization metrics: wsolevaluation's CorLoc / MaxBoxAcc / MaxBoxAccV2 over a threshold sweep, top-1.
 
-Plain NumPy + OpenCV (torch tensors are accepted, torch is not imported); no Ray.
+Plain NumPy + OpenCV; torch tensors are accepted, and torch is imported only
+for the "tcam" protocol's resize. No Ray.
 """
 from tcam_ray.evaluation.boxes import (
-    BOX_MODES,
+    EVAL_SIZE,
+    PROTOCOLS,
+    IouCurves,
     as_maps,
-    best_iou_per_threshold,
     box_iou,
+    iou_curves,
     make_thresholds,
     predict_boxes,
-    scale_boxes,
-    sweep_boxes,
+    resize_gt_boxes,
 )
-from tcam_ray.evaluation.metrics import LocalizationEvaluator
+from tcam_ray.evaluation.metrics import LocalizationEvaluator, evaluate_maps
 
 __all__ = [
-    "BOX_MODES",
+    "EVAL_SIZE",
+    "PROTOCOLS",
+    "IouCurves",
     "LocalizationEvaluator",
     "as_maps",
-    "best_iou_per_threshold",
     "box_iou",
+    "evaluate_maps",
+    "iou_curves",
     "make_thresholds",
     "predict_boxes",
-    "scale_boxes",
-    "sweep_boxes",
+    "resize_gt_boxes",
 ]

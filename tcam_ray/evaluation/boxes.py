@@ -1,177 +1,249 @@
-"""Boxes from localization maps, and their IoU with ground-truth boxes.
+"""Boxes from localization maps over a threshold sweep, and their IoU with ground-truth boxes.
 
-Conventions (shared with the dataset layout and the synthetic generator):
+The rules are clovaai/wsolevaluation's BoxEvaluator (Choe et al., "Evaluating
+Weakly Supervised Object Localization Methods Right", CVPR 2020), which TCAM's
+evaluation copies; ``tests/test_wsol_metric.py`` checks them against both on
+300 frames. Everything happens at 224 x 224 (`EVAL_SIZE`):
 
-- A box is ``[x0, y0, x1, y1]`` with exclusive ``x1``/``y1``: it covers the
-  pixels ``x0 .. x1-1`` and ``y0 .. y1-1``, so its area is
-  ``(x1 - x0) * (y1 - y0)``. Coordinates are pixel *edges*, which is what makes
-  scaling exact: map pixel ``i`` spans ``[i, i+1)`` in map coordinates and
-  ``[i*sx, (i+1)*sx)`` in original-image coordinates.
-- A map is an ``h x w`` array of scores in [0, 1]. The binary map at threshold
-  ``t`` is ``map >= t`` (thresholds are absolute; the maps are min-max
-  normalised, so this matches wsol-done-right's max-relative thresholds up to
-  its uint8 quantisation and strict ``>``).
-- Boxes are found at map resolution and scaled to original pixels with
-  ``sx = W_orig / w_map`` and ``sy = H_orig / h_map``. IoU between axis-aligned
-  boxes is invariant under separate x/y scaling (every area, intersections
-  included, is multiplied by ``sx * sy``), so this equals thresholding the map
-  upsampled to full resolution up to where the upsampling interpolates across
-  a box edge: at most one map pixel (``sx`` or ``sy`` original pixels) per edge.
+- The map path depends on the protocol. ``"wsol"`` (wsolevaluation): the map
+  in float64, ``cv2.resize`` bicubic to 224 x 224, then min-max normalised (a
+  constant map becomes all zeros). ``"tcam"`` (TCAM's own code): bilinear
+  ``torch.nn.functional.interpolate`` (``align_corners=False``) in float32, no
+  renormalisation. Either way the result is cast to ``uint8`` as
+  ``(map * 255).astype(np.uint8)``, which truncates.
+- The binary map at threshold ``t`` is ``u8 > int(t * u8.max())``: strict, and
+  relative to the map's maximum. It is unchanged between thresholds that no
+  ``uint8`` value separates, so the contours are searched once per distinct
+  binary map, never once per threshold.
+- Contours come from ``cv2.findContours(RETR_TREE, CHAIN_APPROX_SIMPLE)``, so
+  the borders of holes count too. The "v1" box (MaxBoxAcc, CorLoc) is that of
+  the contour of largest ``cv2.contourArea`` (the first one on ties). "v2"
+  (MaxBoxAccV2) keeps the boxes of all contours. A contour with bounding
+  rectangle ``x, y, w, h`` gives the box ``(x, y, min(x + w, 223), min(y + h, 223))``.
+- Boxes in the 224 grid are inclusive: ``[x0, y0, x1, y1]`` covers
+  ``(x1 - x0 + 1) * (y1 - y0 + 1)`` pixels, for predictions and ground truth
+  alike. A ground-truth box ``[x0, y0, x1, y1]`` in original-image pixels
+  becomes ``int(x * 224 / W)``, ``int(y * 224 / H)`` per coordinate.
+- The score of a frame at a threshold is the best IoU over all (predicted box,
+  ground-truth box) pairs.
+
+One deliberate difference from wsolevaluation: a binary map with no contour
+(a map whose ``uint8`` version is all zeros) gives no box, and IoU 0. wsolevaluation
+puts the box ``[0, 0, 0, 0]`` there, which with the inclusive convention is the
+pixel at the origin and scores a tiny IoU against a ground-truth box covering it
+(never a hit).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
 
-BOX_MODES = ("largest", "all")
+PROTOCOLS = ("wsol", "tcam")
+EVAL_SIZE = 224  # the evaluation grid is EVAL_SIZE x EVAL_SIZE
+LAST_PIXEL = EVAL_SIZE - 1
 DEFAULT_THRESHOLD_COUNT = 100
-EMPTY_BOX = np.zeros(4)
+
+
+class IouCurves(NamedTuple):
+    """Per threshold, a frame's best IoU: with the largest contour's box (v1) and with all boxes (v2)."""
+
+    v1: np.ndarray
+    v2: np.ndarray
 
 
 def make_thresholds(thresholds: int | Sequence[float] | np.ndarray | None = None) -> np.ndarray:
-    """The threshold sweep as a strictly increasing float32 array.
+    """The threshold sweep as a float64 array.
 
-    ``None`` gives the default 100 thresholds, an int ``n`` gives ``i / n`` for
-    ``i`` in ``0 .. n-1`` (the same values as ``np.arange(0, 1, 1/n)`` without
-    its accumulated rounding: 0.07 is exactly 0.07), a sequence is used as is.
-    float32 because maps are compared in float32: a map value of 0.7 must pass
-    the threshold 0.7.
+    ``None`` gives 100 thresholds. An int ``n`` gives the first ``n`` values of
+    ``np.arange(0, 1, 1 / n)``. These are wsolevaluation's ``cam_curve_interval``
+    lists, bit for bit: for ``n`` = 100 the list of interval 0.01, where 0.07 is
+    0.07000000000000001. The bits matter because ``int(t * max)`` is applied to
+    them. For some ``n`` (49, for one) ``np.arange`` gives one more value, just
+    below 1, and that value is left out. A sequence is used as given. It must
+    increase strictly and lie in [0, 1).
     """
     if thresholds is None:
         thresholds = DEFAULT_THRESHOLD_COUNT
     if isinstance(thresholds, (int, np.integer)):
         if thresholds < 1:
             raise ValueError(f"the threshold count must be at least 1, got {thresholds}")
-        values = np.arange(int(thresholds)) / int(thresholds)
+        values = np.arange(0, 1, 1 / int(thresholds))[: int(thresholds)]
     else:
         values = np.asarray(thresholds, dtype=np.float64)
-    values = values.astype(np.float32)
     if values.ndim != 1 or values.size == 0:
         raise ValueError(f"thresholds must be a non-empty 1-D sequence, got shape {values.shape}")
     if not np.all(np.isfinite(values)) or np.any(np.diff(values) <= 0):
         raise ValueError("thresholds must be finite and strictly increasing")
+    if values[0] < 0 or values[-1] >= 1:
+        raise ValueError(f"thresholds must lie in [0, 1), got {values[0]} .. {values[-1]}")
     return values
 
 
-def check_box_mode(box_mode: str) -> str:
-    if box_mode not in BOX_MODES:
-        raise ValueError(f"box_mode must be one of {BOX_MODES}, got {box_mode!r}")
-    return box_mode
+def check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    return protocol
 
 
-def threshold_levels(cam: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Per pixel, how many thresholds it reaches: ``map >= thresholds[t]`` iff ``level > t``.
+# --------------------------------------------------------------------------- the map path
 
-    The float comparisons happen once, in a binary search per pixel; each
-    threshold's binary map is then one uint8 comparison (uint16 for sweeps of
-    more than 255 thresholds).
+
+def eval_map(cam: np.ndarray, protocol: str) -> np.ndarray:
+    """One float32 map (h, w) in [0, 1] as the 224 x 224 uint8 map that the protocol thresholds."""
+    resized = wsol_map(cam) if check_protocol(protocol) == "wsol" else tcam_map(cam)
+    return (resized * 255).astype(np.uint8)
+
+
+def wsol_map(cam: np.ndarray) -> np.ndarray:
+    """wsolevaluation: float64, bicubic resize, then min-max normalisation (constant -> zeros)."""
+    resized = cv2.resize(cam.astype(np.float64), (EVAL_SIZE, EVAL_SIZE), interpolation=cv2.INTER_CUBIC)
+    if resized.min() == resized.max():
+        return np.zeros_like(resized)
+    resized -= resized.min()
+    resized /= resized.max()
+    return resized
+
+
+def tcam_map(cam: np.ndarray) -> np.ndarray:
+    """TCAM's inference: float32, bilinear resize (align_corners=False), no renormalisation."""
+    import torch
+    import torch.nn.functional as F
+
+    tensor = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
+    return F.interpolate(tensor, (EVAL_SIZE, EVAL_SIZE), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def threshold_levels(thresholds: np.ndarray, u8_max: int) -> np.ndarray:
+    """``int(t * max)`` for every threshold: pixels above their level are on."""
+    return (np.asarray(thresholds, dtype=np.float64) * float(u8_max)).astype(np.int64)
+
+
+def distinct_binaries(u8: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct binary maps of the sweep: ``(levels, pixels_on, binary_of_threshold)``.
+
+    Binary map ``b`` is ``u8 > levels[b]`` with ``pixels_on[b]`` pixels on, and
+    threshold ``t`` gives binary map ``binary_of_threshold[t]``. Binary maps are
+    nested, so two of them with the same pixel count are the same map.
     """
-    levels = np.searchsorted(thresholds, cam, side="right")
-    return levels.astype(np.uint8 if thresholds.size < 256 else np.uint16)
+    levels = threshold_levels(thresholds, int(u8.max()))
+    above = u8.size - np.cumsum(np.bincount(u8.ravel(), minlength=256))  # above[k]: pixels with u8 > k
+    pixels_on, first, binary_of_threshold = np.unique(above[levels], return_index=True, return_inverse=True)
+    return levels[first], pixels_on, binary_of_threshold
 
 
-def contour_boxes(binary: np.ndarray, box_mode: str) -> np.ndarray:
-    """Bounding boxes (n, 4) of the contours of a non-empty binary map, at map resolution.
+# --------------------------------------------------------------------------- contours and boxes
 
-    As wsol-done-right (which TCAM's evaluation uses): "all" takes the whole
-    contour tree, so the borders of holes are candidates too; "largest" keeps
-    the contour of largest polygon area (the first one on ties), searched among
-    the outer contours only, which gives the same box since a hole's border
-    lies inside its blob's.
+
+def find_contours(u8: np.ndarray, level: int) -> Sequence[np.ndarray]:
+    binary = np.greater(u8, level).view(np.uint8)  # level a Python int, so the comparison stays in uint8
+    return cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+
+
+def contour_boxes(contours: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The boxes (n, 4) (inclusive, in the 224 grid) of non-empty contours, and twice their areas.
+
+    The areas are ``cv2.contourArea`` (the shoelace formula over the contour's
+    points, exact for integer points) and the boxes come from
+    ``cv2.boundingRect``, which spans the points: ``x + w`` is ``max x + 1``.
+    Both are computed for all contours at once.
     """
-    if box_mode == "largest":
-        contours = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[-2]
-        contours = [max(contours, key=cv2.contourArea)]
-    else:
-        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-    rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.float64).reshape(-1, 4)
-    rects[:, 2:] += rects[:, :2]  # (x, y, w, h) -> (x0, y0, x1, y1), exclusive ends
-    return rects
+    points = np.concatenate(contours).reshape(-1, 2).astype(np.int64)
+    lengths = np.array([len(c) for c in contours])
+    starts = np.r_[0, np.cumsum(lengths)[:-1]]
+    low = np.minimum.reduceat(points, starts)
+    high = np.minimum(np.maximum.reduceat(points, starts) + 1, LAST_PIXEL)
+    following = np.arange(1, len(points) + 1)
+    following[starts + lengths - 1] = starts  # each contour is a closed polygon
+    x, y = points[:, 0], points[:, 1]
+    twice_areas = np.abs(np.add.reduceat(x * y[following] - x[following] * y, starts))
+    return np.concatenate([low, high], axis=1), twice_areas
 
 
-def sweep_boxes(cam: np.ndarray, thresholds: np.ndarray, box_mode: str = "largest") -> tuple[np.ndarray, np.ndarray]:
-    """Candidate boxes of one map at every threshold of the sweep, at map resolution.
-
-    Returns ``(boxes (n, 4), owner (n,))`` where ``owner[i]`` is the index of
-    the threshold box ``i`` belongs to, sorted, every threshold owning at least
-    one box: ``[0, 0, 0, 0]`` when its binary map is empty (the degenerate box:
-    IoU 0), ``[0, 0, w, h]`` when the binary map is full.
-
-    Speed: thresholds whose binary map equals the previous one's (no map value
-    between them, common with quantised maps) reuse its boxes, and thresholds
-    whose binary map is empty or full need no contour search.
-    """
-    levels = threshold_levels(cam, thresholds)
-    pixels_on = count_pixels_on(levels, thresholds.size)
-    changed = np.r_[True, pixels_on[1:] != pixels_on[:-1]]
-    boxes_of_change = {t: boxes_at_level(levels, t, pixels_on[t], box_mode) for t in np.flatnonzero(changed).tolist()}
-    source = np.maximum.accumulate(np.where(changed, np.arange(thresholds.size), 0))
-    per_threshold = [boxes_of_change[t] for t in source.tolist()]
-    owner = np.repeat(np.arange(thresholds.size), [len(b) for b in per_threshold])
-    return np.concatenate(per_threshold), owner
+def largest_of_each(twice_areas: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Index of the largest contour of each group of ``counts`` consecutive ones (the first on ties);
+    the groups must not be empty."""
+    owner = np.repeat(np.arange(len(counts)), counts)
+    largest_area = np.maximum.reduceat(twice_areas, np.r_[0, np.cumsum(counts)[:-1]])
+    candidates = np.flatnonzero(twice_areas == largest_area[owner])
+    return candidates[np.unique(owner[candidates], return_index=True)[1]]
 
 
-def count_pixels_on(levels: np.ndarray, threshold_count: int) -> np.ndarray:
-    """How many pixels each threshold's binary map has on (non-increasing in t)."""
-    per_level = np.bincount(levels.ravel(), minlength=threshold_count + 1)
-    return per_level[::-1].cumsum()[::-1][1:]
-
-
-def boxes_at_level(levels: np.ndarray, t: int, pixels_on: int, box_mode: str) -> np.ndarray:
-    height, width = levels.shape
-    if pixels_on == 0:
-        return EMPTY_BOX[None]
-    if pixels_on == levels.size:
-        return np.array([[0.0, 0.0, width, height]])
-    binary = np.greater(levels, t).view(np.uint8)  # t a Python int: a NumPy int64 would upcast the comparison
-    return contour_boxes(binary, box_mode)
-
-
-def scale_boxes(boxes: np.ndarray, map_size: tuple[int, int], image_size: tuple[float, float]) -> np.ndarray:
-    """Boxes from map pixels to original-image pixels; sizes are (width, height)."""
-    sx = image_size[0] / map_size[0]
-    sy = image_size[1] / map_size[1]
-    return np.asarray(boxes, dtype=np.float64) * np.array([sx, sy, sx, sy])
+def resize_gt_boxes(gt_boxes, image_size: Sequence[float]) -> np.ndarray:
+    """Ground-truth boxes (g, 4) in original pixels as the 224 grid's inclusive boxes: ``int(x * 224 / W)``."""
+    width, height = (float(v) for v in image_size)
+    gt = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    return (gt * EVAL_SIZE / np.array([width, height, width, height])).astype(np.int64)
 
 
 def box_iou(boxes: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
-    """IoU matrix (n, g) of boxes (n, 4) against boxes (g, 4).
+    """IoU matrix (n, g) of inclusive integer boxes (n, 4) against (g, 4): every side counts +1.
 
-    A pair whose union is empty (two degenerate boxes) has IoU 0: an empty
-    prediction never localizes anything.
+    A pair whose union is empty or negative (boxes with x1 < x0) has IoU 0.
     """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 1, 4)
-    gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(1, -1, 4)
-    inter_w = np.clip(np.minimum(boxes[..., 2], gt_boxes[..., 2]) - np.maximum(boxes[..., 0], gt_boxes[..., 0]), 0, None)
-    inter_h = np.clip(np.minimum(boxes[..., 3], gt_boxes[..., 3]) - np.maximum(boxes[..., 1], gt_boxes[..., 1]), 0, None)
+    a = np.asarray(boxes, dtype=np.int64).reshape(-1, 1, 4)
+    b = np.asarray(gt_boxes, dtype=np.int64).reshape(1, -1, 4)
+    inter_w = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
+    inter_h = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
     inter = inter_w * inter_h
-    union = box_area(boxes) + box_area(gt_boxes) - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    union = inclusive_area(a) + inclusive_area(b) - inter
+    return np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0)
 
 
-def box_area(boxes: np.ndarray) -> np.ndarray:
-    return np.clip(boxes[..., 2] - boxes[..., 0], 0, None) * np.clip(boxes[..., 3] - boxes[..., 1], 0, None)
+def inclusive_area(boxes: np.ndarray) -> np.ndarray:
+    return (boxes[..., 2] - boxes[..., 0] + 1) * (boxes[..., 3] - boxes[..., 1] + 1)
 
 
-def best_iou_per_threshold(cam: np.ndarray, gt_boxes: np.ndarray, image_size: tuple[float, float],
-                           thresholds: np.ndarray, box_mode: str = "largest") -> np.ndarray:
-    """For each threshold, the best IoU of its box(es) against any ground-truth box (original pixels)."""
-    boxes, owner = sweep_boxes(cam, thresholds, box_mode)
-    boxes = scale_boxes(boxes, (cam.shape[1], cam.shape[0]), image_size)
-    best_per_box = box_iou(boxes, gt_boxes).max(axis=1)
-    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-    return np.maximum.reduceat(best_per_box, starts)
+# --------------------------------------------------------------------------- one frame
 
 
-def predict_boxes(cam: np.ndarray, threshold: float, image_size: tuple[float, float],
-                  box_mode: str = "largest") -> np.ndarray:
-    """The box(es) (n, 4) a map gives at one threshold, in original-image pixels (e.g. to draw them)."""
-    cam = as_map(cam)
-    thresholds = make_thresholds([threshold])
-    boxes, _ = sweep_boxes(cam, thresholds, check_box_mode(box_mode))
-    return scale_boxes(boxes, (cam.shape[1], cam.shape[0]), image_size)
+def iou_curves(cam: np.ndarray, gt_boxes, image_size: Sequence[float], thresholds: np.ndarray,
+               protocol: str = "wsol") -> IouCurves:
+    """A frame's best IoU at every threshold of the sweep, v1 and v2, from one contour search
+    per distinct binary map.
+
+    cam: float32 map (h, w) in [0, 1]; gt_boxes: (g, 4) ``[x0, y0, x1, y1]`` in
+    original pixels; image_size: ``(width, height)`` of the original image.
+    """
+    u8 = eval_map(cam, protocol)
+    levels, pixels_on, binary_of_threshold = distinct_binaries(u8, thresholds)
+    contours_of = [find_contours(u8, level) if on else () for level, on in zip(levels.tolist(), pixels_on.tolist())]
+    counts = np.array([len(c) for c in contours_of])
+    best_v1, best_v2 = np.zeros(len(counts)), np.zeros(len(counts))  # no contour: no box, IoU 0
+    found = counts > 0
+    if found.any():
+        boxes, twice_areas = contour_boxes([c for contours in contours_of for c in contours])
+        best_per_box = box_iou(boxes, resize_gt_boxes(gt_boxes, image_size)).max(axis=1)
+        best_v1[found] = best_per_box[largest_of_each(twice_areas, counts[found])]
+        best_v2[found] = np.maximum.reduceat(best_per_box, np.r_[0, np.cumsum(counts[found])[:-1]])
+    return IouCurves(best_v1[binary_of_threshold], best_v2[binary_of_threshold])
+
+
+def predict_boxes(cam, threshold: float, image_size: Sequence[float], protocol: str = "wsol",
+                  all_contours: bool = False) -> np.ndarray:
+    """The box(es) (n, 4) a map gives at one threshold, in original-image pixels (e.g. to draw them).
+
+    The same map path, threshold rule and boxes as the metric, so the best
+    threshold of an evaluation means the same here: the largest contour's box
+    (v1, as CorLoc counts it), or with ``all_contours`` every contour's (v2).
+    The 224 grid's inclusive box becomes exclusive-end pixel edges in the
+    original image: ``x0 * W / 224, y0 * H / 224, (x1 + 1) * W / 224, (y1 + 1) * H / 224``.
+    A map with no contour at the threshold gives an empty (0, 4) array.
+    """
+    u8 = eval_map(as_map(cam), protocol)
+    contours = find_contours(u8, int(threshold_levels([threshold], int(u8.max()))[0]))
+    if not contours:
+        return np.zeros((0, 4))
+    boxes, twice_areas = contour_boxes(contours)
+    if not all_contours:
+        boxes = boxes[[int(np.argmax(twice_areas))]]
+    width, height = (float(v) for v in image_size)
+    scale = np.array([width, height, width, height]) / EVAL_SIZE
+    return (boxes + np.array([0, 0, 1, 1])) * scale
+
+
+# --------------------------------------------------------------------------- inputs
 
 
 def as_map(cam) -> np.ndarray:

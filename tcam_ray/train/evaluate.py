@@ -92,7 +92,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: Config, split: str, out_dir
     check_same_classes(meta, index, checkpoint)
     run_cfg = dataclasses.replace(cfg, input=trained.input, model=trained.model)
     evaluator = LocalizationEvaluator(len(meta["classes"]), meta["classes"], cfg.eval.thresholds,
-                                      cfg.eval.iou_thresholds, cfg.eval.box_mode)
+                                      cfg.eval.iou_thresholds, protocol=cfg.eval.protocol)
     targets = EvalTargets(split_rows(index.table, split))
     shown = []
     for batch in LocalContext(run_cfg, index.table).eval_batches(split):
@@ -118,17 +118,17 @@ def write_outputs(out_dir: Path, report: dict, result: dict, shown: list, cfg: C
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1))
     viz.plot_threshold_curve(result["thresholds"], result["corloc_per_threshold"], out_dir / "corloc_threshold.png")
     if shown:
-        viz.write_png(out_dir / "cams.png", cam_grid(shown, result["best_threshold"], cfg.eval.box_mode))
+        viz.write_png(out_dir / "cams.png", cam_grid(shown, result["best_threshold"], cfg.eval.protocol))
 
 
-def cam_grid(shown: list, threshold: float, box_mode: str) -> np.ndarray:
+def cam_grid(shown: list, threshold: float, protocol: str) -> np.ndarray:
     """Each frame as [frame + GT | CAM overlay + GT + predicted box], at model resolution."""
     panels = []
     for image, cam, boxes, (width, height) in shown:
         side = image.shape[0]
         scale = np.array([side / width, side / height, side / width, side / height])
         gt = [np.asarray(b) * scale for b in boxes]
-        predicted = predict_boxes(cam, threshold, (side, side), box_mode)
+        predicted = predict_boxes(cam, threshold, (side, side), protocol)
         panels.append(viz.map_panel(image, cam, gt, predicted))
     return viz.grid(panels, columns=3, cell=(panels[0].shape[1] * 2, panels[0].shape[0] * 2))
 

@@ -208,7 +208,7 @@ class Runner(ABC):
     def validate(self) -> dict:
         self.core.eval()
         evaluator = LocalizationEvaluator(len(self.classes), self.classes, self.cfg.eval.thresholds,
-                                          self.cfg.eval.iou_thresholds, self.cfg.eval.box_mode)
+                                          self.cfg.eval.iou_thresholds, protocol=self.cfg.eval.protocol)
         for batch in self.ctx.eval_batches(self.cfg.eval.split):
             images = normalise(batch[IMAGE], self.cfg.input.mean, self.cfg.input.std)
             maps, predictions = self.maps_and_predictions(images, batch[LABEL])

@@ -12,7 +12,7 @@ Per video, into `{out}/{name}/` (`name`: the file's name without suffix; `-2`,
 - `boxes.csv`: one row per frame: frame, time_s, class, found, x0, y0, x1, y1,
   score, threshold. Boxes are in the input's pixels, `[x0, y0, x1, y1]` with
   exclusive ends (tcam_ray/evaluation/boxes.py); `found` is 0 (and the box
-  empty) when no map value reaches the threshold.
+  empty) when the map gives no box at the threshold.
 - `boxes.json`: the same per frame, plus the video's facts, the checkpoint,
   the threshold and where it came from.
 - `contact_sheet.png`: `video.sheet_frames` annotated frames spread evenly.
@@ -21,8 +21,10 @@ The map: a stage-2 (TCAM) checkpoint's foreground probability; a stage-1
 checkpoint's CAM (cam.method) of the predicted class, or of `class_name` when
 one is given (no label exists at inference). Frames are resized to the
 checkpoint's `input.crop_size` square as in evaluation, batched through the
-model (`video.batch_size`), and the box of the largest contour of
-`map >= threshold` is scaled back to the frame.
+model (`video.batch_size`), and the box of the largest contour at the
+threshold, with the evaluation's map path and threshold rule (the checkpoint's
+`eval.protocol`; tcam_ray/evaluation/boxes.py), is rounded to map pixels and
+scaled back to the frame.
 
 The threshold: `video.threshold` if set; else the best threshold on val that
 the checkpoint's run recorded for the checkpoint's epoch (metrics.jsonl next to
@@ -52,7 +54,7 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..data.tensors import normalise
-from ..evaluation.boxes import make_thresholds, scale_boxes, sweep_boxes
+from ..evaluation.boxes import predict_boxes
 from ..io import atomic_write_text
 from ..methods.cam import compute_cam_output
 from ..models.tcam import foreground_map
@@ -99,11 +101,28 @@ def choose_threshold(checkpoint: Path, meta: dict, trained: Config, configured: 
 # --------------------------------------------------------------------------- maps and boxes
 
 
-def largest_boxes(maps: np.ndarray, threshold: float) -> np.ndarray:
-    """(B, 4) box of the largest contour of each map >= threshold, at map resolution
-    ([0, 0, 0, 0] when no value reaches it)."""
-    thresholds = make_thresholds([threshold])
-    return np.stack([sweep_boxes(m, thresholds, "largest")[0][0] for m in maps])
+def largest_boxes(maps: np.ndarray, threshold: float, protocol: str = "wsol") -> np.ndarray:
+    """(B, 4) box of the largest contour of each map at `threshold` (the protocol's rule, as the
+    metric has it), in whole map pixels with exclusive ends, at least one pixel wide and high;
+    [0, 0, 0, 0] when the map gives no box."""
+    return np.stack([map_pixel_box(m, threshold, protocol) for m in maps])
+
+
+def map_pixel_box(cam: np.ndarray, threshold: float, protocol: str) -> np.ndarray:
+    height, width = cam.shape
+    boxes = predict_boxes(cam, threshold, (width, height), protocol)
+    if len(boxes) == 0:
+        return np.zeros(4, np.int64)
+    x0, y0, x1, y1 = np.rint(boxes[0]).astype(np.int64).tolist()
+    x0, y0 = min(x0, width - 1), min(y0, height - 1)
+    return np.array([x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)])
+
+
+def scale_boxes(boxes: np.ndarray, map_size: tuple[int, int], image_size: tuple[float, float]) -> np.ndarray:
+    """Boxes from map pixels to original-image pixels; sizes are (width, height)."""
+    sx = image_size[0] / map_size[0]
+    sy = image_size[1] / map_size[1]
+    return np.asarray(boxes, dtype=np.float64) * np.array([sx, sy, sx, sy])
 
 
 def mean_inside(maps: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
@@ -174,7 +193,7 @@ class Localizer:
             classes = probabilities.argmax(1)
         else:
             classes = torch.full((len(frames),), self.forced_class, dtype=torch.long, device=maps.device)
-        map_boxes = largest_boxes(maps.cpu().numpy(), self.threshold)
+        map_boxes = largest_boxes(maps.cpu().numpy(), self.threshold, self.trained.eval.protocol)
         height, width = frames[0].shape[:2]
         return FramePredictions(
             maps=maps.cpu().numpy(), classes=classes.cpu().numpy(),
