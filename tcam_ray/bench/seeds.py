@@ -1,11 +1,11 @@
 """`tcam-ray bench seeds`: the batched stage-2 pseudo-label step against a per-frame numpy + OpenCV reference.
 
-The reference below is the same algorithm (the conventions of
+The reference below is the same rule (the TCAM reference code's, see
 tcam_ray/methods/pseudo_labels.py) written one frame at a time in the plainest
-way: cv2.threshold with THRESH_OTSU, cv2.connectedComponentsWithStats, sorted
-levels for the seed quantiles, numpy's choice for the draws, cv2.dilate. The
-tests use it as the ground truth, so keep it obviously correct rather than
-fast.
+way: scikit-image 0.17.2's Otsu on np.histogram, cv2.connectedComponentsWithStats,
+stable argsorts for the seed regions, numpy's choice for the draws,
+cv2.dilate. The tests use it as the ground truth next to the reference code's
+own outputs, so keep it obviously correct rather than fast.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tcam_ray.methods.pseudo_labels import pseudo_labels
+from tcam_ray.methods.pseudo_labels import WEIGHT_FLOOR, pseudo_labels
 
 BASELINE_NAME = "per-frame reference (numpy + OpenCV)"
 
@@ -28,46 +28,65 @@ BASELINE_NAME = "per-frame reference (numpy + OpenCV)"
 
 
 def reference_cam_tmp(buffer: np.ndarray, valid: np.ndarray, sharpen: float | None = None) -> np.ndarray:
-    """(h, w) float32 max over the valid entries of one frame's (T, h, w) buffer (maps in [0, 1], or uint8
-    levels: map = level / 255); zeros if none is valid."""
-    entries = buffer.astype(np.float32)[valid.astype(bool)]
-    if buffer.dtype == np.uint8:
-        entries /= np.float32(255)
-    pooled = entries.max(axis=0) if len(entries) else np.zeros(buffer.shape[1:], np.float32)
+    """(h, w) max over the valid entries of one frame's (T, h, w) buffer, in its dtype (float maps in [0, 1],
+    or uint8 levels: map = level / 255); zeros if none is valid. Sharpening gives float32."""
+    entries = buffer[valid.astype(bool)]
+    pooled = entries.max(axis=0) if len(entries) else np.zeros(buffer.shape[1:], buffer.dtype)
     if sharpen is not None:
-        scaled = np.float32(sharpen) * pooled
+        scaled = np.float32(sharpen) * reference_values(pooled)
         pooled = np.exp(scaled - scaled.max()).astype(np.float32)
     return pooled
 
 
+def reference_values(cam: np.ndarray) -> np.ndarray:
+    """Map values as float32 in [0, 1] (uint8 levels / 255)."""
+    return cam.astype(np.float32) / np.float32(255) if cam.dtype == np.uint8 else cam.astype(np.float32)
+
+
 def reference_levels(cam: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(cam.astype(np.float32) * np.float32(255), 0, 255)).astype(np.uint8)
+    """float32 levels floor(255 * map) (uint8 maps: the levels)."""
+    if cam.dtype == np.uint8:
+        return cam.astype(np.float32)
+    return np.clip(np.floor(cam.astype(np.float32) * np.float32(255)), 0, 255)
 
 
 def reference_otsu(cam: np.ndarray) -> float:
-    """OpenCV's Otsu threshold of the map's 0-255 levels, as t / 255."""
-    level, _ = cv2.threshold(reference_levels(cam), 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
-    return level / 255.0
+    """scikit-image 0.17.2's threshold_otsu of the levels (0 for a single level), in level units."""
+    levels = reference_levels(cam).ravel()
+    if levels.min() == levels.max():
+        return 0.0
+    hist, edges = np.histogram(levels, bins=256)
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    hist = hist.astype(float)
+    weight1 = np.cumsum(hist)
+    weight2 = np.cumsum(hist[::-1])[::-1]
+    mean1 = np.cumsum(hist * centres) / weight1
+    mean2 = (np.cumsum((hist * centres)[::-1]) / weight2[::-1])[::-1]
+    variance12 = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:]) ** 2
+    return float(centres[:-1][np.argmax(variance12)])
 
 
 def reference_roi(cam: np.ndarray, threshold: float, mode: str = "all", min_size: float = 0.05) -> np.ndarray:
-    """(h, w) bool: 8-connected blobs of levels above the threshold's level, filtered by mode."""
-    foreground = (reference_levels(cam) > round(threshold * 255)).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(foreground, connectivity=8)
+    """(h, w) bool: 255 * map >= threshold (all); its largest 4-connected blob; or its densest blob, the
+    largest if that one is under min_size of the frame."""
+    if cam.dtype == np.uint8:
+        foreground = cam.astype(np.float64) >= threshold
+    else:
+        foreground = cam.astype(np.float32) * np.float32(255) >= np.float32(threshold)
+    if mode == "all":
+        return foreground
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(foreground.astype(np.uint8), connectivity=4)
     blobs = list(range(1, count))
     if not blobs:
-        return np.zeros(cam.shape, bool)
+        return foreground
     area = {blob: int(stats[blob, cv2.CC_STAT_AREA]) for blob in blobs}
-    big = [blob for blob in blobs if area[blob] >= min_size * cam.size]
     largest = _first_in_raster_order(labels, _best(blobs, area))
-    if mode == "largest" or not big:
-        keep = [largest]
-    elif mode == "all":
-        keep = big
-    else:
-        mean = {blob: float(cam[labels == blob].astype(np.float64).mean()) for blob in big}
-        keep = [_first_in_raster_order(labels, _best(big, mean))]
-    return np.isin(labels, keep)
+    if mode == "largest":
+        return labels == largest
+    values = reference_values(cam).astype(np.float64)
+    mean = {blob: float(values[labels == blob].sum() / area[blob]) for blob in blobs}
+    densest = _first_in_raster_order(labels, _best(blobs, mean))
+    return labels == (largest if area[densest] < min_size * cam.size else densest)
 
 
 def _best(blobs: list[int], score: dict) -> list[int]:
@@ -81,27 +100,18 @@ def _first_in_raster_order(labels: np.ndarray, tied: list[int]) -> int:
 
 def reference_seed_regions(cam: np.ndarray, roi: np.ndarray, max_p: float = 0.6,
                            min_p: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """(foreground, background): top max_p of the ROI's levels; bottom min_p of the frame's, minus the ROI."""
-    levels = reference_levels(cam)
-    if levels.min() == levels.max():
-        return np.zeros(cam.shape, bool), np.zeros(cam.shape, bool)
-    foreground = np.zeros(cam.shape, bool)
-    top = _quantile_count(max_p, int(roi.sum()))
-    if top:
-        cut = np.sort(levels[roi])[::-1][top - 1]
-        foreground = roi & (levels >= cut)
-    background = np.zeros(cam.shape, bool)
-    bottom = _quantile_count(min_p, cam.size)
-    if bottom:
-        cut = np.sort(levels.ravel())[bottom - 1]
-        background = ~roi & (levels <= cut)
-    return foreground, background
-
-
-def _quantile_count(fraction: float, population: int) -> int:
-    if fraction <= 0 or population == 0:
-        return 0
-    return max(1, int(np.floor(fraction * population)))
+    """(foreground, background): the first int(max_p * |ROI|) ROI pixels by descending value, the first
+    int(min_p * h * w) pixels of the frame by ascending value; ties by flat index (stable sorts)."""
+    values = cam.ravel()
+    foreground = np.zeros(cam.size, bool)
+    background = np.zeros(cam.size, bool)
+    if values.min() == values.max():
+        return foreground.reshape(cam.shape), background.reshape(cam.shape)
+    inside = np.flatnonzero(roi.ravel())
+    by_value = inside[np.argsort(-values[inside].astype(np.float64), kind="stable")]
+    foreground[by_value[: int(np.float32(max_p) * np.float32(len(inside)))]] = True
+    background[np.argsort(values, kind="stable")[: int(min_p * cam.size)]] = True
+    return foreground.reshape(cam.shape), background.reshape(cam.shape)
 
 
 def reference_seeds(cam: np.ndarray, roi: np.ndarray, rng: np.random.Generator, max_p: float = 0.6,
@@ -109,11 +119,11 @@ def reference_seeds(cam: np.ndarray, roi: np.ndarray, rng: np.random.Generator, 
                     ignore_index: int = -100) -> np.ndarray:
     """(h, w) int64 seeds of one frame: 1 foreground, 0 background, ignore_index elsewhere."""
     foreground, background = reference_seed_regions(cam, roi, max_p, min_p)
-    fg_points = _draw(foreground, cam if weighted else None, n_fg, rng)
+    fg_points = _draw(foreground, reference_values(cam) + np.float32(WEIGHT_FLOOR) if weighted else None, n_fg, rng)
     bg_points = _draw(background, None, n_bg, rng)
     square = np.ones((ksz, ksz), np.uint8)
     fg_squares = cv2.dilate(fg_points.astype(np.uint8), square).astype(bool)
-    bg_squares = cv2.dilate(bg_points.astype(np.uint8), square).astype(bool) & ~roi
+    bg_squares = cv2.dilate(bg_points.astype(np.uint8), square).astype(bool)
     seeds = np.full(cam.shape, ignore_index, np.int64)
     seeds[fg_squares & ~bg_squares] = 1
     seeds[bg_squares & ~fg_squares] = 0
@@ -123,12 +133,12 @@ def reference_seeds(cam: np.ndarray, roi: np.ndarray, rng: np.random.Generator, 
 def _draw(region: np.ndarray, weights: np.ndarray | None, draws: int, rng: np.random.Generator) -> np.ndarray:
     pixels = np.flatnonzero(region)
     points = np.zeros(region.shape, bool)
-    if weights is not None:
-        probability = weights.ravel()[pixels].astype(np.float64)
-        pixels, probability = pixels[probability > 0], probability[probability > 0]
     if len(pixels) == 0 or draws == 0:
         return points
-    p = None if weights is None else probability / probability.sum()
+    p = None
+    if weights is not None:
+        probability = weights.ravel()[pixels].astype(np.float64)
+        p = probability / probability.sum()
     points.ravel()[rng.choice(pixels, size=min(draws, len(pixels)), replace=False, p=p)] = True
     return points
 
@@ -137,14 +147,15 @@ def reference_pseudo_labels(buffer: np.ndarray, valid: np.ndarray, rng: np.rando
                             sharpen: float | None = None, roi_mode: str = "all", min_size: float = 0.05,
                             max_p: float = 0.6, min_p: float = 0.1, n_fg: int = 1, n_bg: int = 1, ksz: int = 3,
                             weighted: bool = True, ignore_index: int = -100) -> dict[str, np.ndarray]:
-    """The whole step, one frame at a time: pooled, roi, seeds, thresholds (stacked over the batch)."""
+    """The whole step, one frame at a time: pooled (float32 in [0, 1]), roi, seeds, thresholds (level units),
+    stacked over the batch."""
     out = {"pooled": [], "roi": [], "seeds": [], "thresholds": []}
     for frame_buffer, frame_valid in zip(buffer, valid):
         pooled = reference_cam_tmp(frame_buffer, frame_valid, sharpen)
         threshold = reference_otsu(pooled)
         roi = reference_roi(pooled, threshold, roi_mode, min_size)
         seeds = reference_seeds(pooled, roi, rng, max_p, min_p, n_fg, n_bg, ksz, weighted, ignore_index)
-        for key, value in zip(out, (pooled, roi, seeds, threshold)):
+        for key, value in zip(out, (reference_values(pooled), roi, seeds, threshold)):
             out[key].append(value)
     return {key: np.stack(values) for key, values in out.items()}
 
@@ -190,7 +201,7 @@ def _load() -> float | None:
 
 
 def _case(repeats: int, roi_mode: str, device: torch.device, threads: int | None, dtype: torch.dtype,
-          frames: int = 32, size: int = 224) -> dict:
+          seeds: int = 1, max_p: float = 0.6, frames: int = 32, size: int = 224) -> dict:
     buffer, valid = synthetic_buffers(frames, 2, size)
     if dtype == torch.uint8:  # the CAM store's levels, as the training rows carry them
         buffer = (buffer * 255.0).round_().to(torch.uint8)
@@ -198,25 +209,27 @@ def _case(repeats: int, roi_mode: str, device: torch.device, threads: int | None
     buffer, valid = buffer.to(device), valid.to(device)
     generator = torch.Generator(device=device).manual_seed(0)
     rng = np.random.default_rng(0)
+    settings = dict(roi_mode=roi_mode, max_p=max_p, n_fg=seeds, n_bg=seeds)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     default_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         ours, baseline = _paired_medians(
-            lambda: pseudo_labels(buffer, valid, roi_mode=roi_mode, generator=generator),
-            lambda: reference_pseudo_labels(reference_buffer, reference_valid, rng, roi_mode=roi_mode),
+            lambda: pseudo_labels(buffer, valid, **settings, generator=generator),
+            lambda: reference_pseudo_labels(reference_buffer, reference_valid, rng, **settings),
             repeats, sync)
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(default_threads)
     config = {"frames": frames, "T": 2, "h": size, "w": size, "buffer_dtype": str(dtype).removeprefix("torch."),
-              "roi_mode": roi_mode, "min_size": 0.05, "max_p": 0.6,
-              "min_p": 0.1, "n_fg": 1, "n_bg": 1, "ksz": 3, "weighted": True, "repeats": repeats,
+              "roi_mode": roi_mode, "min_size": 0.05, "max_p": max_p,
+              "min_p": 0.1, "n_fg": seeds, "n_bg": seeds, "ksz": 3, "weighted": True, "repeats": repeats,
               "statistic": "median, ours and baseline timed alternately",
               "device": "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device),
               "torch_threads": used_threads, "baseline_device": "cpu, 1 process", "load_1min": _load()}
-    case = f"pseudo_labels_{frames}x{size}_{roi_mode}" + ("_float32" if dtype == torch.float32 else "")
+    case = f"pseudo_labels_{frames}x{size}_{roi_mode}" + (f"_{seeds}seeds" if seeds > 1 else "")
+    case += "_float32" if dtype == torch.float32 else ""
     case += "_cuda" if device.type == "cuda" else ("" if threads is None else f"_{threads}thread")
     return {"bench": "seeds", "case": case, "value": round(ours, 3), "unit": "ms", "baseline": round(baseline, 3),
             "baseline_name": BASELINE_NAME, "speedup": round(baseline / ours, 2), "config": config}
@@ -224,14 +237,18 @@ def _case(repeats: int, roi_mode: str, device: torch.device, threads: int | None
 
 def run_seeds_bench(repeats: int = 20) -> Iterator[dict]:
     """One record per case, 32 frames of 224x224 (T=2), uint8 buffers (the CAM store's levels, which training
-    feeds): CPU with torch's default threads (ROI all, the paper's, then largest), CPU with one thread (less
-    exposed to other jobs on a shared machine), CUDA when present; then float32 buffers in [0, 1] on the CPU."""
+    feeds): CPU with torch's default threads (ROI all, the TCAM paper's, then largest), CoLo-CAM's 1000 + 1000
+    seeds per frame (ROI largest, max_p 0.7), CPU with one thread (less exposed to other jobs on a shared
+    machine), CUDA when present; then float32 buffers in [0, 1] on the CPU."""
     cpu, uint8 = torch.device("cpu"), torch.uint8
-    cases = [("all", cpu, None, uint8), ("largest", cpu, None, uint8), ("all", cpu, 1, uint8)]
+    cases = [("all", cpu, None, uint8, {}), ("largest", cpu, None, uint8, {}),
+             ("largest", cpu, None, uint8, {"seeds": 1000, "max_p": 0.7}), ("all", cpu, 1, uint8, {})]
     if torch.cuda.is_available():
-        cases.append(("all", torch.device("cuda"), None, uint8))
-    cases.append(("all", cpu, None, torch.float32))
-    for roi_mode, device, threads, dtype in cases:
+        cases.append(("all", torch.device("cuda"), None, uint8, {}))
+        cases.append(("largest", torch.device("cuda"), None, uint8, {"seeds": 1000, "max_p": 0.7}))
+    cases.append(("all", cpu, None, torch.float32, {}))
+    for roi_mode, device, threads, dtype, extra in cases:
         print(f"seeds bench: 32 frames of 224x224, {str(dtype).removeprefix('torch.')} buffers, roi {roi_mode}, "
-              f"{device}" + ("" if threads is None else f", {threads} thread(s)"), file=sys.stderr)
-        yield _case(repeats, roi_mode, device, threads, dtype)
+              f"{extra.get('seeds', 1)} seed(s) each, {device}" + ("" if threads is None else f", {threads} thread(s)"),
+              file=sys.stderr)
+        yield _case(repeats, roi_mode, device, threads, dtype, **extra)

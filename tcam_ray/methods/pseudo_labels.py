@@ -2,62 +2,58 @@
 
 Every step takes a whole batch of B frames on the maps' device (CPU or CUDA)
 with no Python loop over frames or pixels; the only loops run over a small
-fixed count (buffer entries, seeds per frame) or until the blob merge
-converges. The math runs in float32 whatever the input dtype.
+fixed count (buffer entries, a few seeds per frame) or until the blob merge
+converges.
 
-Conventions (deliberate; tests/test_pseudo_labels.py checks them against the
-per-frame numpy + OpenCV reference in tcam_ray/bench/seeds.py):
+The rule is the TCAM reference code's (sbelharbi/tcam-wsol-video,
+`dlib/cams/tcam_seeding.py`: `GetRoiSingleCam`, `_SFG`, `_SBG`, `TCAMSeeder`);
+tests/test_pseudo_labels.py holds it to the reference's own outputs
+(tests/data/oracles/pseudo_labels) and to the per-frame numpy + OpenCV
+version in tcam_ray/bench/seeds.py.
 
-- **Inputs.** CAMs are in [0, 1], or uint8 levels (map = level / 255: the
-  CAM store's format, which the training rows carry); uint8 buffers are
-  pooled and thresholded as levels, never expanded to float (a quarter of the
-  memory traffic; sharpening works in float). Invalid buffer entries are
-  multiplied by 0 before the max, so they never win over a valid entry (they
-  must be finite: the buffer builder zero-fills its padding); a frame with no
-  valid entry pools to zeros.
-- **Levels.** Otsu, the ROI and the seed quantiles work on the 0-255 levels
-  `round(255 * clamp(map, 0, 1))` (float32, round half to even).
-- **Otsu.** `otsu_thresholds` returns `t / 255`, `t` being OpenCV's Otsu
-  threshold on those levels: the highest level of the background class (first
-  maximum of the between-class variance). A single-level map (constant,
-  all-zero) has no split; its threshold is 0, as in OpenCV.
-- **ROI.** Foreground pixels are those whose level *exceeds* the threshold's
-  level: exactly what `cv2.threshold(..., THRESH_OTSU)` binarises. (`>=` on
-  `t / 255` would add level `t`, the top of the background class, and on a
-  two-level map {0, x}, whose threshold is 0, would select the whole frame.)
-  Blobs are 8-connected; a blob passes the size test when
-  `area >= min_size * h * w`. When none passes (modes "all" and "densest"),
-  the largest blob is kept, so the ROI is empty only when no level exceeds
-  the threshold: an all-zero map (or one whose pixels are all under 0.5/255).
-  A constant positive map is one blob, the whole frame. Ties (equal areas in
-  "largest", equal means in "densest") go to the blob whose first pixel comes
-  first in raster order.
-- **Seed regions.** Foreground: the ROI pixels at or above the level of the
-  n-th highest ROI level, n = max(1, floor(max_p * |ROI|)). Background: the
-  pixels at or below the level of the n-th lowest level of the whole frame,
-  n = max(1, floor(min_p * h * w)), *minus the ROI*. Pixels tied with the
-  cut-off level are all in (ranking tied pixels by position would be
-  arbitrary), so a region holds its fraction plus at most the rest of one
-  level. A single-level frame carries no evidence: empty regions, no seeds
-  (the paper's code does the same).
-- **Seeds.** `n_fg` foreground pixels are drawn without replacement, with
-  probability proportional to the map value (`weighted`; successive draws)
-  or uniformly; `n_bg` background pixels uniformly. A region smaller than the
-  count gives all its pixels. Each seed is dilated by a `ksz` x `ksz` square
-  (odd `ksz`, clipped at the border). Dilated background never labels a ROI
-  pixel, and a pixel inside both a foreground and a background square is
-  ignored (the paper's rule): neither label is trusted there.
+- **Inputs.** CAMs in [0, 1] (float), or uint8 levels (map = level / 255:
+  the CAM store's format, which the training rows carry); uint8 buffers are
+  pooled and thresholded as levels, never expanded to float. Invalid buffer
+  entries are multiplied by 0 before the max, so they never win over a valid
+  entry (the buffer builder zero-fills its padding).
+- **Otsu.** On the levels `floor(255 * map)` (uint8 maps: the levels
+  themselves), as scikit-image 0.17.2's `threshold_otsu` (which the
+  reference pins): a 256-bin histogram over [min level, max level], the
+  centre of the bin after which the between-class variance (float64) is
+  first at its maximum. The threshold is in level units, usually not an
+  integer (e.g. 87.158); a map of a single level has threshold 0.
+- **ROI.** "all": every pixel with `255 * map >= threshold` (uint8: level >=
+  threshold), small blobs included; so a threshold of 0 selects the whole
+  frame. "largest": the 4-connected blob with most pixels. "densest": the
+  blob of highest mean map value, or the largest blob when that one covers
+  less than `min_size` of the frame. Ties go to the blob whose first pixel
+  comes first in raster order.
+- **Seed regions.** Pixels are ranked by map value, ties by flat index (the
+  reference's stable sort). Foreground: the first `int(max_p * |ROI|)` ROI
+  pixels in descending order; background: the first `int(min_p * h * w)`
+  pixels of the whole frame in ascending order (the ROI is not taken out).
+  A constant map (min == max) carries no evidence: empty regions.
+- **Seeds.** `n_fg` foreground pixels drawn without replacement, with
+  probability proportional to the map value (`weighted`) or uniformly;
+  `n_bg` background pixels uniformly. A region smaller than the count gives
+  all its pixels. Each seed is dilated by a `ksz` x `ksz` square (odd, clipped
+  at the border); a pixel inside both a foreground and a background square is
+  ignored (neither label is trusted there).
 
-Speed: blobs are found on horizontal runs (one nonzero over the batch), each
-run linked to its first touching run in the rows above and below, then a
-union-find with pointer jumping over the runs. The ROI histogram that the
-foreground cut needs is the Otsu histogram above the threshold less the
-dropped blobs' pixels. The regions are never materialised for sampling. Each draw proposes
-PROPOSALS uniform pixels per frame and keeps the first one inside the region
-(accepted with probability value / bound when weighted): exactly the
-successive-sampling law. A frame with no accepted proposal (a tiny region)
-falls back to an exact inverse-CDF draw over its materialised region. The
-seeds leave as a list of pixels (a few hundred per batch), not a label image.
+Speed: the histograms of the per-frame levels give Otsu, the ROI's level
+counts and each region's cut level; only the pixels at the cut level are
+listed (and, for float maps, ordered by value) to find the cut's exact pixel.
+Blobs are found on horizontal runs (one nonzero over the batch), each run
+linked to its first touching run in the rows above and below, then a
+union-find with pointer jumping over the runs. Regions are never
+materialised for sampling a few seeds: each draw proposes PROPOSALS uniform
+pixels per frame and keeps the first one inside the region (accepted with
+probability value / bound when weighted): exactly the successive-sampling law;
+a frame with no accepted proposal falls back to an exact inverse-CDF draw.
+Many seeds per frame (CoLo-CAM draws 1000) take one exponential key per
+pixel instead (Efraimidis-Spirakis: the smallest `-log(u) / weight` keys are
+a weighted draw without replacement) and one top-k. The seeds leave as a list
+of pixels, not a label image.
 """
 from __future__ import annotations
 
@@ -71,18 +67,20 @@ from torch import Tensor
 
 LEVELS = 256
 PROPOSALS = 256  # rejection-sampling proposals per frame and draw
+FEW_DRAWS = 16  # up to this many draws per frame, rejection sampling; more: one key per pixel and a top-k
+WEIGHT_FLOOR = 1e-8  # the reference weighs foreground seeds by cam + 1e-8
 RoiMode = Literal["all", "largest", "densest"]
 ROI_MODES: tuple[str, ...] = ("all", "largest", "densest")
 
 
 @dataclass(frozen=True)
 class PseudoLabels:
-    """The step's result. Seeds are a few hundred pixels of a batch: they are kept as pixel lists (what the
-    self-learning loss reads) and laid out as a label image only when `seeds` is read."""
+    """The step's result. Seeds are kept as pixel lists (what the self-learning loss reads) and laid out as a
+    label image only when `seeds` is read."""
 
     maps: Tensor  # (B, h, w) CAM-TMP map (sharpened if asked): float32 in [0, 1], or uint8 levels
     roi: Tensor  # (B, h, w) bool
-    thresholds: Tensor  # (B,) float32: Otsu threshold of `pooled`, in [0, 1] units
+    thresholds: Tensor  # (B,) float64 Otsu threshold of `maps`, in 0-255 level units
     seed_pixels: Tensor  # (S,) int64 distinct flat batch indices (frame * h * w + y * w + x) of the seed pixels
     seed_classes: Tensor  # (S,) int64 label of each: 1 foreground, 0 background
     ignore_index: int = -100
@@ -137,23 +135,21 @@ def _unit(maps: Tensor) -> Tensor:
     return maps.float() / 255.0 if maps.dtype == torch.uint8 else maps.float()
 
 
-# ----------------------------------------------------------------------------- Otsu
+# ----------------------------------------------------------------------------- levels and Otsu
 
 
 def _bins(maps: Tensor) -> Tensor:
-    """(B, h * w) int32 histogram bin of every pixel: frame * 256 + round(255 * clamp(map, 0, 1)).
+    """(B, h * w) int32 histogram bin of every pixel: frame * 256 + floor(255 * map) (uint8: its level).
 
-    The frame offset lets one bincount make every frame's histogram, and the
-    per-frame cuts are compared with it shifted by the same offset; int32
+    The frame offset lets one bincount make every frame's histogram; int32
     keeps this, the largest working tensor, at the size of the map.
     """
     frames = maps.shape[0]
+    offsets = _frame_offsets(frames, maps.device).to(torch.int32)[:, None]
     if maps.dtype == torch.uint8:  # already the levels
-        offsets = _frame_offsets(frames, maps.device).to(torch.int32)
-        return maps.reshape(frames, -1).to(torch.int32).add_(offsets[:, None])
-    scaled = (maps.reshape(frames, -1).float() * 255.0).clamp_(0.0, 255.0).round_()
-    scaled += _frame_offsets(frames, maps.device).float()[:, None]
-    return scaled.to(torch.int32)
+        return maps.reshape(frames, -1).to(torch.int32).add_(offsets)
+    levels = (maps.reshape(frames, -1).float() * 255.0).floor_().clamp_(0.0, LEVELS - 1.0)
+    return levels.to(torch.int32).add_(offsets)
 
 
 def _frame_offsets(frames: int, device: torch.device) -> Tensor:
@@ -170,27 +166,37 @@ def _histograms(bins: Tensor, region: Tensor | None = None) -> Tensor:
 
 
 def otsu_levels(histograms: Tensor) -> Tensor:
-    """(B,) int64 Otsu threshold level of each histogram: OpenCV's, the top level of the background class."""
+    """(B,) float64 Otsu threshold, in level units, of each frame's level histogram (B, 256).
+
+    scikit-image 0.17.2's threshold_otsu on the levels as a float image: 256
+    bins over [lowest, highest] level present (bin edges lowest + i * span /
+    256, exact in float32 as numpy computes them, so level L falls in bin
+    floor(256 * (L - lowest) / span), the last bin closed), the variance in
+    float64, the centre of the first maximising bin. 0 for a single level.
+    """
     counts = histograms.double()
-    level = torch.arange(LEVELS, dtype=torch.float64, device=counts.device)
-    below = counts.cumsum(dim=1)  # pixels at or under each candidate threshold
-    above = below[:, -1:] - below
-    sum_below = (counts * level).cumsum(dim=1)
-    sum_above = sum_below[:, -1:] - sum_below
-    mean_gap = sum_below / below.clamp_min(1.0) - sum_above / above.clamp_min(1.0)
-    between = torch.where((below > 0) & (above > 0), below * above * mean_gap.square(), -1.0)
-    return between.argmax(dim=1)  # the first maximum; a single-level histogram gives 0
+    level = torch.arange(LEVELS, device=counts.device)
+    present = histograms > 0
+    lowest = torch.where(present, level, LEVELS).amin(dim=1, keepdim=True)
+    highest = torch.where(present, level, -1).amax(dim=1, keepdim=True)
+    span = (highest - lowest).clamp_min(1)
+    bin_of_level = torch.div((level - lowest).clamp_min(0) * LEVELS, span, rounding_mode="floor").clamp_max(LEVELS - 1)
+    hist = torch.zeros_like(counts).scatter_add_(1, bin_of_level, counts)
+    centres = lowest + (2 * level + 1) * span.double() / (2 * LEVELS)
+    weighted = hist * centres
+    weight1 = hist.cumsum(dim=1)
+    weight2 = hist.flip(1).cumsum(dim=1).flip(1)
+    mean1 = weighted.cumsum(dim=1) / weight1.clamp_min(1.0)
+    mean2 = (weighted.flip(1).cumsum(dim=1) / weight2.flip(1).clamp_min(1.0)).flip(1)
+    variance = weight1[:, :-1] * weight2[:, 1:] * (mean1[:, :-1] - mean2[:, 1:]) ** 2
+    threshold = centres.gather(1, variance.argmax(dim=1, keepdim=True)).squeeze(1)  # argmax: the first maximum
+    return torch.where((highest > lowest).squeeze(1), threshold, 0.0)
 
 
 def otsu_thresholds(maps: Tensor) -> Tensor:
-    """(B,) float32 Otsu threshold of each (B, h, w) map, found on the 0-255 scale and returned as t / 255."""
+    """(B,) float64 Otsu threshold of each (B, h, w) map, in 0-255 level units (see the module notes)."""
     _check_maps(maps)
-    return _level_to_unit(otsu_levels(_histograms(_bins(maps))))
-
-
-def _level_to_unit(levels: Tensor) -> Tensor:
-    """levels / 255 as float32, rounded the same on every device (CUDA divides by a scalar via its reciprocal)."""
-    return (levels.double() / 255.0).float()
+    return otsu_levels(_histograms(_bins(maps)))
 
 
 # ----------------------------------------------------------------------------- blobs
@@ -203,7 +209,7 @@ class Runs:
     row: Tensor  # (R,) int64 row in the batch: frame * h + y
     start: Tensor  # (R,) int64 first column
     end: Tensor  # (R,) int64 last column (inclusive)
-    blob: Tensor  # (R,) int64 index of the first run of its 8-connected blob
+    blob: Tensor  # (R,) int64 index of the first run of its 4-connected blob
 
     def pixels(self, selected: Tensor, width: int) -> Tensor:
         """Flat batch indices (frame * h * w + y * w + x) of every pixel of the selected runs."""
@@ -216,7 +222,7 @@ class Runs:
 
 
 def foreground_runs(foreground: Tensor) -> Runs:
-    """The runs of a (B, h, w) bool mask, merged into 8-connected blobs by a union-find over touching runs."""
+    """The runs of a (B, h, w) bool mask, merged into 4-connected blobs by a union-find over touching runs."""
     frames, height, width = foreground.shape
     padded = F.pad(foreground.reshape(-1, width), (1, 1))
     marks = _flat_bool(padded.shape[0] * (width + 1), padded.device)
@@ -250,11 +256,12 @@ def _nonzero_flat(mask: Tensor) -> Tensor:
 def _first_touching_runs(row: Tensor, start: Tensor, end: Tensor, frames: int, height: int, width: int) -> Tensor:
     """(2, R): each run's first touching run in the next row, then in the previous row (itself if none).
 
-    Runs of adjacent rows touch (8-connectivity) when their column spans
-    overlap once widened by one. These links join the same blobs as all the
-    touching pairs: if U and D touched without either being the other's first,
-    U's first D' (left of D) and D's first U' (left of U) would force
-    D.start <= U'.end + 1 < U.start <= D'.end + 1 < D.start.
+    Runs of adjacent rows touch (4-connectivity, as the reference's
+    skimage.measure.label(connectivity=1)) when their column spans overlap.
+    These links join the same blobs as all the touching pairs: if U and D
+    touched without either being the other's first, U's first D' (left of D)
+    and D's first U' (left of U) would force
+    D.start <= U'.end < U.start <= D'.end < D.start.
     """
     count = row.numel()
     itself = torch.arange(count, device=row.device)
@@ -271,11 +278,11 @@ def _first_touching_runs(row: Tensor, start: Tensor, end: Tensor, frames: int, h
     other_row = torch.stack([row + 1, row - 1])
     has_other = torch.stack([y < height - 1, y > 0])
     other_safe = other_row.clamp_(0, rows - 1).reshape(-1)
-    ending_before = (ends.index_select(0, other_safe).reshape(2, count, -1) < (start - 1)[None, :, None]).sum(dim=2)
+    ending_before = (ends.index_select(0, other_safe).reshape(2, count, -1) < start[None, :, None]).sum(dim=2)
     first = row_first.index_select(0, other_safe).reshape(2, count) + ending_before
     exists = has_other & (ending_before < runs_in_row.index_select(0, other_safe).reshape(2, count))
-    first = torch.where(exists, first, itself)  # the only candidate: the first run there ending >= start - 1
-    touches = exists & (start.index_select(0, first.reshape(-1)).reshape(2, count) <= end + 1)
+    first = torch.where(exists, first, itself)  # the only candidate: the first run there ending >= start
+    touches = exists & (start.index_select(0, first.reshape(-1)).reshape(2, count) <= end)
     return torch.where(touches, first, itself)
 
 
@@ -306,7 +313,7 @@ def _compress(parent: Tensor) -> Tensor:
 
 
 def connected_components(foreground: Tensor) -> Tensor:
-    """(B, h, w) int64 8-connected blob labels: 0 off the mask, 1, 2, ... per frame in raster order of first pixel."""
+    """(B, h, w) int64 4-connected blob labels: 0 off the mask, 1, 2, ... per frame in raster order of first pixel."""
     frames, height, width = foreground.shape
     runs = foreground_runs(foreground)
     is_first = (runs.blob == torch.arange(runs.row.numel(), device=foreground.device)).long()
@@ -325,34 +332,33 @@ def connected_components(foreground: Tensor) -> Tensor:
 
 
 def roi_masks(maps: Tensor, thresholds: Tensor, mode: RoiMode = "all", min_size: float = 0.05) -> Tensor:
-    """(B, h, w) bool ROI: blobs of the pixels whose level exceeds the threshold's, chosen by `mode`.
+    """(B, h, w) bool ROI of maps (B, h, w) at their Otsu thresholds (B,) in level units (`otsu_thresholds`).
 
-    "all": every blob with area >= min_size * h * w; "largest": the largest
-    blob; "densest": the highest mean map value among the blobs passing
-    min_size. With no blob passing min_size, the largest blob is kept.
+    "all": every pixel with 255 * map >= threshold; "largest": its largest
+    4-connected blob; "densest": the blob of highest mean map value, or the
+    largest when that one covers less than min_size of the frame.
     """
     _check_maps(maps)
-    threshold_levels = (thresholds.float() * 255.0).round().long()
-    roi, _ = _roi(_foreground(_bins(maps), threshold_levels, maps.shape), maps, mode, min_size)
+    roi, _ = _roi(_foreground(maps, thresholds), maps, mode, min_size)
     return roi
 
 
-def _foreground(bins: Tensor, threshold_levels: Tensor, shape: torch.Size, maps: Tensor | None = None) -> Tensor:
-    """(B, h, w) bool: pixels whose level exceeds their frame's threshold level (read from uint8 level maps
-    when given: a quarter of the bytes of `bins`)."""
-    if maps is not None and maps.dtype == torch.uint8:
-        return maps > threshold_levels.to(torch.uint8)[:, None, None]
-    cut = (threshold_levels + _frame_offsets(bins.shape[0], bins.device)).to(torch.int32)
-    return (bins > cut[:, None]).reshape(shape)
+def _foreground(maps: Tensor, thresholds: Tensor) -> Tensor:
+    """(B, h, w) bool: 255 * map >= threshold, compared in float32 as the reference (uint8 maps: level >= it)."""
+    if maps.dtype == torch.uint8:
+        return maps >= thresholds.ceil().to(torch.uint8)[:, None, None]
+    return maps.float() * 255.0 >= thresholds.float()[:, None, None]
 
 
 def _roi(foreground: Tensor, maps: Tensor, mode: str, min_size: float) -> tuple[Tensor, Tensor]:
     """The ROI and the flat batch indices of the foreground pixels it dropped."""
     if mode not in ROI_MODES:
         raise ValueError(f"unknown ROI mode {mode!r}; known: {', '.join(ROI_MODES)}")
+    nothing = torch.zeros(0, dtype=torch.long, device=foreground.device)
+    if mode == "all":
+        return foreground, nothing
     frames, height, width = foreground.shape
     runs = foreground_runs(foreground)
-    nothing = torch.zeros(0, dtype=torch.long, device=foreground.device)
     if runs.row.numel() == 0:
         return foreground, nothing
     dropped = ~_kept_blobs(runs, maps, mode, min_size * height * width, frames, height).index_select(0, runs.blob)
@@ -365,23 +371,18 @@ def _roi(foreground: Tensor, maps: Tensor, mode: str, min_size: float) -> tuple[
 
 
 def _kept_blobs(runs: Runs, maps: Tensor, mode: str, min_area: float, frames: int, height: int) -> Tensor:
-    """(R,) bool over run indices: True at the first run of every kept blob."""
+    """(R,) bool over run indices: True at the first run of the kept blob of each frame."""
     count = runs.row.numel()
-    device = runs.row.device
-    is_first = runs.blob == torch.arange(count, device=device)
+    is_first = runs.blob == torch.arange(count, device=runs.row.device)
     frame = runs.row // height
-    area = torch.zeros(count, dtype=torch.float64, device=device)
+    area = torch.zeros(count, dtype=torch.float64, device=runs.row.device)
     area.index_add_(0, runs.blob, (runs.end - runs.start + 1).double())
-    large_enough = is_first & (area >= min_area)
     largest = _first_best_per_frame(area, is_first, frame, frames)
     if mode == "largest":
         return _flags(largest, count)
-    if mode == "all":
-        large_in_frame = torch.zeros(frames, dtype=torch.long, device=device).index_add_(0, frame, large_enough.long())
-        return large_enough | (_flags(largest, count) & (large_in_frame[frame] == 0))
-    mean = _blob_sums(runs, maps, count) / area.clamp_min(1.0)
-    densest = _first_best_per_frame(mean, large_enough, frame, frames)
-    return _flags(torch.where(densest < count, densest, largest), count)
+    densest = _first_best_per_frame(_blob_sums(runs, maps, count) / area.clamp_min(1.0), is_first, frame, frames)
+    small = area.index_select(0, densest.clamp_max(count - 1)) < min_area
+    return _flags(torch.where(small, largest, densest), count)
 
 
 def _blob_sums(runs: Runs, maps: Tensor, count: int) -> Tensor:
@@ -414,69 +415,123 @@ def _flags(chosen: Tensor, count: int) -> Tensor:
 
 @dataclass(frozen=True)
 class SeedRegion:
-    """Pixels p of frame b with roi[b, p] == inside_roi and low[b] <= level[b, p] <= high[b]."""
+    """Frame b's region: its pixels (inside the ROI when `roi` is given) up to the cut pixel, in the order of
+    map value (descending for the foreground, ascending for the background), then flat index."""
 
-    bins: Tensor  # (B, N) int32: frame * 256 + level
-    roi: Tensor  # (B, N) bool
-    inside_roi: bool
-    low: Tensor  # (B,) int64 level
-    high: Tensor  # (B,) int64 level
-    top: Tensor  # (B,) int64 highest level present in the region (-1 if none): bounds its map values
+    values: Tensor  # (B, N) the map (uint8 levels or float32), flat
+    roi: Tensor | None  # (B, N) bool, or None: the whole frame
+    descending: bool
+    cut_value: Tensor  # (B,) value of the cut pixel, in the dtype of `values` (empty region: nothing passes it)
+    cut_index: Tensor  # (B,) int64 flat index of the cut pixel in its frame; -1: empty region
+    ties: Tensor  # (T,) flat batch indices of the region's pixels of the cut pixel's level
+    bound: Tensor  # (B,) float32 upper bound of the region's map values in [0, 1] (weighted acceptance)
 
     def contains(self, pixels: Tensor) -> Tensor:
         """(B, K) bool: is pixels[b, k] in frame b's region."""
-        low, high = self._bin_bounds()
-        bins = self.bins.gather(1, pixels)
-        return (self.roi.gather(1, pixels) == self.inside_roi) & (bins >= low[:, None]) & (bins <= high[:, None])
+        values = self.values.gather(1, pixels)
+        inside = self._before(values, self.cut_value[:, None])
+        inside |= (values == self.cut_value[:, None]) & (pixels <= self.cut_index[:, None])
+        return inside & self.roi.gather(1, pixels) if self.roi is not None else inside
 
-    def masks(self, frames: Tensor) -> Tensor:
-        """(F, N) bool region of each frame in `frames` (F,)."""
-        low, high = (bound.index_select(0, frames)[:, None] for bound in self._bin_bounds())
-        bins = self.bins.index_select(0, frames)
-        return (self.roi.index_select(0, frames) == self.inside_roi) & (bins >= low) & (bins <= high)
+    def masks(self, frames: Tensor | None = None) -> Tensor:
+        """(F, N) bool region of each frame in `frames` (F,), default all: the pixels before the cut's level
+        (value, for float maps), then the listed ties."""
+        inside = self._before(self.values, self.cut_value[:, None])
+        if self.roi is not None:
+            inside &= self.roi
+        inside.view(-1).index_fill_(0, self.ties, True)
+        return inside if frames is None else inside.index_select(0, frames)
 
-    def _bin_bounds(self) -> tuple[Tensor, Tensor]:
-        offsets = _frame_offsets(self.bins.shape[0], self.bins.device)
-        return (self.low + offsets).to(torch.int32), (self.high + offsets).to(torch.int32)
+    def _before(self, values: Tensor, cut: Tensor) -> Tensor:
+        return values > cut if self.descending else values < cut
 
 
 def seed_regions(maps: Tensor, roi: Tensor, max_p: float = 0.6, min_p: float = 0.1) -> tuple[Tensor, Tensor]:
     """(foreground, background) (B, h, w) bool: the pixels seeds are drawn from (see the module notes)."""
     _check_maps(maps)
-    foreground, background = _regions_of(maps, roi, max_p, min_p)
-    everything = torch.arange(maps.shape[0], device=maps.device)
-    return foreground.masks(everything).reshape(roi.shape), background.masks(everything).reshape(roi.shape)
-
-
-def _regions_of(maps: Tensor, roi: Tensor, max_p: float, min_p: float) -> tuple[SeedRegion, SeedRegion]:
     bins = _bins(maps)
-    return _seed_regions(bins, _histograms(bins), _histograms(bins, roi), roi, max_p, min_p)
+    histograms = _histograms(bins)
+    foreground, background = _seed_regions(maps, bins, histograms, _histograms(bins, roi), roi, max_p, min_p)
+    return foreground.masks().reshape(roi.shape), background.masks().reshape(roi.shape)
 
 
-def _seed_regions(bins: Tensor, histograms: Tensor, roi_histograms: Tensor, roi: Tensor, max_p: float,
-                  min_p: float) -> tuple[SeedRegion, SeedRegion]:
-    frames = bins.shape[0]
-    has_contrast = (histograms > 0).sum(dim=1) > 1
-    top_count = _quantile_count(max_p, roi_histograms.sum(dim=1))
-    steps_down = (roi_histograms.flip(1).cumsum(dim=1) < top_count[:, None]).sum(dim=1)
-    foreground_low = torch.where(has_contrast & (top_count > 0), LEVELS - 1 - steps_down, LEVELS)
-    bottom_count = _quantile_count(min_p, histograms.sum(dim=1))
-    steps_up = (histograms.cumsum(dim=1) < bottom_count[:, None]).sum(dim=1)
-    background_high = torch.where(has_contrast & (bottom_count > 0), steps_up, -1)
-    roi_top = LEVELS - 1 - (roi_histograms.flip(1).cumsum(dim=1) == 0).sum(dim=1)
-    foreground_top = torch.where(foreground_low < LEVELS, roi_top, -1)
-    flat_roi = roi.reshape(frames, -1)
-    foreground = SeedRegion(bins, flat_roi, True, foreground_low, torch.full_like(foreground_low, LEVELS - 1),
-                            foreground_top)
-    background = SeedRegion(bins, flat_roi, False, torch.zeros_like(background_high), background_high,
-                            background_high)
+def _seed_regions(maps: Tensor, bins: Tensor, histograms: Tensor, roi_histograms: Tensor, roi: Tensor,
+                  max_p: float, min_p: float) -> tuple[SeedRegion, SeedRegion]:
+    frames = maps.shape[0]
+    values = maps.reshape(frames, -1)
+    contrast = _has_contrast(values, histograms)
+    # The reference's counts: int(max_p * roi.sum()) computed in float32 (a tensor), int(min_p * h * w) in float64.
+    in_roi = roi_histograms.sum(dim=1)
+    fg_count = torch.where(contrast, (torch.tensor(max_p, dtype=torch.float32) * in_roi.float()).floor().long(), 0)
+    bg_count = torch.where(contrast, int(min_p * values.shape[1]), 0)
+    top_level = LEVELS - 1 - (roi_histograms.flip(1).cumsum(dim=1) == 0).sum(dim=1)
+    bound = ((top_level + (values.dtype != torch.uint8)).clamp(1, LEVELS - 1) / 255.0).float()
+    foreground = _region(values, bins, roi_histograms.flip(1), roi.reshape(frames, -1), fg_count, True, bound)
+    background = _region(values, bins, histograms, None, bg_count, False, torch.ones_like(bound))
     return foreground, background
 
 
-def _quantile_count(fraction: float, population: Tensor) -> Tensor:
-    """floor(fraction * population), at least 1 when both are positive."""
-    count = torch.floor(fraction * population.double()).long()
-    return torch.where((population > 0) & (fraction > 0), count.clamp_min(1), 0)
+def _has_contrast(values: Tensor, histograms: Tensor) -> Tensor:
+    """(B,) bool: the map is not constant (the reference's cam.min() != cam.max())."""
+    if values.dtype == torch.uint8:
+        return (histograms > 0).sum(dim=1) > 1
+    low, high = torch.aminmax(values, dim=1)
+    return high > low
+
+
+def _region(values: Tensor, bins: Tensor, ordered_histograms: Tensor, roi: Tensor | None, count: Tensor,
+            descending: bool, bound: Tensor) -> SeedRegion:
+    """The first `count` (B,) pixels of each frame in the region's order. ordered_histograms (B, 256): the
+    level counts of the candidate pixels from the first level in that order (the highest when descending)."""
+    running = ordered_histograms.cumsum(dim=1)
+    steps = (running < count[:, None]).sum(dim=1).clamp_max(LEVELS - 1)  # levels wholly before the cut pixel
+    before = torch.where(steps > 0, running.gather(1, (steps - 1).clamp_min(0)[:, None]).squeeze(1), 0)
+    cut_level = LEVELS - 1 - steps if descending else steps
+    cut_value, cut_index, ties = _cut_pixel(values, bins, roi, cut_level, count - before, descending)
+    return SeedRegion(values, roi, descending, cut_value, cut_index, ties, bound)
+
+
+def _cut_pixel(values: Tensor, bins: Tensor, roi: Tensor | None, cut_level: Tensor, rank: Tensor,
+               descending: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(value, flat index in its frame) of each frame's rank-th (1-based) candidate pixel of level cut_level
+    in the order of value, then index (index -1 and a value nothing passes where there is none), and the flat
+    batch indices of the candidates of that level up to it. Only the pixels of that level are listed: a few
+    hundred per frame."""
+    frames, pixels = values.shape
+    device = values.device
+    at_cut = _flat_bool(values.numel(), device)
+    at_cut_frames = at_cut[: values.numel()].view(frames, pixels)
+    if values.dtype == torch.uint8:  # a quarter of the bytes of `bins`
+        torch.eq(values, cut_level.to(torch.uint8)[:, None], out=at_cut_frames)
+    else:
+        torch.eq(bins, (cut_level + _frame_offsets(frames, device)).to(torch.int32)[:, None], out=at_cut_frames)
+    if roi is not None:
+        at_cut_frames &= roi
+    listed = _nonzero_flat(at_cut)  # ascending: by frame, then index
+    if values.dtype != torch.uint8:  # a level holds several values: order by value, ties by index, then by frame
+        listed = listed.index_select(0, torch.sort(values.reshape(-1).index_select(0, listed),
+                                                   descending=descending, stable=True).indices)
+        listed = listed.index_select(0, torch.sort(torch.div(listed, pixels, rounding_mode="floor"),
+                                                   stable=True).indices)
+    frame = torch.div(listed, pixels, rounding_mode="floor")
+    per_frame = torch.bincount(frame, minlength=frames)
+    first = torch.cumsum(per_frame, 0) - per_frame
+    usable = (rank >= 1) & (rank <= per_frame)
+    chosen = torch.cat([listed, listed.new_zeros(1)]).index_select(
+        0, torch.where(usable, first + rank - 1, 0).clamp_max(listed.numel()))
+    index = torch.where(usable, chosen - torch.arange(frames, device=device) * pixels, -1)
+    beyond = torch.tensor(_extreme(values.dtype, descending), dtype=values.dtype, device=device)
+    value = torch.where(usable, values.reshape(-1).index_select(0, chosen), beyond)
+    in_region = torch.arange(listed.numel(), device=device) - first.index_select(0, frame) < \
+        torch.where(usable, rank, 0).index_select(0, frame)
+    return value, index, listed[in_region]
+
+
+def _extreme(dtype: torch.dtype, descending: bool) -> float:
+    """The value no map value comes before in the region's order (an empty region's cut)."""
+    if dtype == torch.uint8:
+        return LEVELS - 1.0 if descending else 0.0
+    return float("inf") if descending else float("-inf")
 
 
 # ----------------------------------------------------------------------------- seeds
@@ -497,8 +552,10 @@ def sample_seeds(
     """(B, h, w) int64 seeds: 1 on dilated foreground seeds, 0 on dilated background ones, ignore_index elsewhere."""
     _check_maps(maps)
     _check_ksz(ksz)
-    fg_points, bg_points = _draw_points(maps, _regions_of(maps, roi, max_p, min_p), n_fg, n_bg, weighted, generator)
-    return _label_image(*_seed_pixels(fg_points, bg_points, roi, ksz), roi.shape, ignore_index)
+    bins = _bins(maps)
+    regions = _seed_regions(maps, bins, _histograms(bins), _histograms(bins, roi), roi, max_p, min_p)
+    fg_points, bg_points = _draw_points(maps, regions, n_fg, n_bg, weighted, generator)
+    return _label_image(*_seed_pixels(fg_points, bg_points, roi.shape, ksz), roi.shape, ignore_index)
 
 
 def _draw_points(maps: Tensor, regions: tuple[SeedRegion, SeedRegion], n_fg: int, n_bg: int, weighted: bool,
@@ -509,35 +566,13 @@ def _draw_points(maps: Tensor, regions: tuple[SeedRegion, SeedRegion], n_fg: int
     return _draw(foreground, weights, n_fg, generator), _draw(background, None, n_bg, generator)
 
 
-def _seed_pixels(fg_points: Tensor, bg_points: Tensor, roi: Tensor, ksz: int) -> tuple[Tensor, Tensor]:
-    """(pixels, classes): the distinct flat batch indices of the foreground squares (class 1) and of the
-    background ones (class 0) outside the ROI, less the pixels both cover."""
-    _, height, width = roi.shape
-    fg_squares = _squares(fg_points, ksz, height, width)
-    bg_squares = _squares(bg_points, ksz, height, width)
-    bg_squares = bg_squares[~roi.reshape(-1)[bg_squares]]
-    # One sort for both: pixel * 2 + class, distinct; a pixel left with both classes is dropped.
-    keys = torch.unique(torch.cat([fg_squares * 2 + 1, bg_squares * 2]))
-    pixels = keys // 2
-    same_as_next = pixels[1:] == pixels[:-1]
-    in_both = torch.zeros_like(pixels, dtype=torch.bool)
-    in_both[1:] |= same_as_next
-    in_both[:-1] |= same_as_next
-    return pixels[~in_both], (keys % 2)[~in_both]
-
-
-def _label_image(pixels: Tensor, classes: Tensor, shape: torch.Size, ignore_index: int) -> Tensor:
-    """(B, h, w) int64 with `classes` at `pixels` and ignore_index elsewhere."""
-    seeds = torch.full((shape.numel(),), ignore_index, dtype=torch.long, device=pixels.device)
-    seeds[pixels] = classes
-    return seeds.reshape(shape)
-
-
 def _draw(region: SeedRegion, weights: Tensor | None, draws: int, generator: torch.Generator | None) -> Tensor:
-    """(B, draws) pixels drawn without replacement in each frame's region (weighted or uniform); -1: none left."""
-    frames, pixels = region.bins.shape
-    device = region.bins.device
-    bound = ((region.top + 0.5) / 255.0).clamp(1e-6, 1.0)  # a level-L pixel is at most (L + 0.5) / 255
+    """(B, min(draws, h * w)) pixels drawn without replacement in each frame's region (weighted or uniform);
+    -1: none left."""
+    if draws > FEW_DRAWS:
+        return _draw_by_keys(region, weights, draws, generator)
+    frames, pixels = region.values.shape
+    device = region.values.device
     chosen = torch.full((frames, draws), -1, dtype=torch.long, device=device)
     for draw in range(draws):  # a few seeds per frame
         proposals = torch.randint(pixels, (frames, PROPOSALS), generator=generator, device=device)
@@ -545,13 +580,44 @@ def _draw(region: SeedRegion, weights: Tensor | None, draws: int, generator: tor
         accepted &= (proposals[:, :, None] != chosen[:, None, :draw]).all(dim=2)
         if weights is not None:
             coin = torch.rand(proposals.shape, generator=generator, device=device)
-            accepted &= coin * bound[:, None] < _unit(weights.gather(1, proposals)).clamp_(0.0, 1.0)
+            accepted &= coin * region.bound[:, None] < _seed_weights(weights.gather(1, proposals))
         first = accepted.byte().argmax(dim=1, keepdim=True)
         chosen[:, draw] = torch.where(accepted.any(dim=1), proposals.gather(1, first).squeeze(1), -1)
         missed = (chosen[:, draw] < 0).nonzero().squeeze(1)
         if missed.numel():
             chosen[missed, draw] = _exact_draw(region, weights, missed, chosen[missed, :draw], generator)
     return chosen
+
+
+def _draw_by_keys(region: SeedRegion, weights: Tensor | None, draws: int, generator: torch.Generator | None
+                  ) -> Tensor:
+    """Many draws at once: the `draws` smallest keys -log(u) / weight among each frame's region pixels
+    (Efraimidis and Spirakis 2006: the law of successive draws without replacement; keys u when uniform).
+    The region's pixels are listed first, so keys are drawn for them only."""
+    frames, pixels = region.values.shape
+    device = region.values.device
+    listed = region.masks().reshape(-1).nonzero().squeeze(1)  # regions are dense: a plain nonzero
+    keys = torch.rand(listed.shape, generator=generator, device=device)
+    if weights is not None:
+        keys = keys.log_().neg_().div_(_seed_weights(weights.reshape(-1).index_select(0, listed)))
+    frame = torch.div(listed, pixels, rounding_mode="floor")
+    counts = torch.bincount(frame, minlength=frames)
+    first = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(listed.numel(), device=device) - first.index_select(0, frame)
+    widest = max(int(counts.max()), 1)
+    table = torch.full((frames * widest,), float("inf"), device=device)
+    table.index_copy_(0, frame * widest + slot, keys)
+    table = table.view(frames, widest)
+    smallest, column = torch.topk(table, min(draws, widest), dim=1, largest=False, sorted=False)
+    chosen = torch.cat([listed, listed.new_zeros(1)]).index_select(
+        0, (first[:, None] + column).clamp_max(listed.numel()).reshape(-1)).reshape(column.shape)
+    offsets = torch.arange(frames, device=device)[:, None] * pixels
+    return torch.where(torch.isfinite(smallest), chosen - offsets, -1)
+
+
+def _seed_weights(values: Tensor) -> Tensor:
+    """Draw weights of map values: the value plus the reference's 1e-8, so a zero-valued pixel stays drawable."""
+    return _unit(values).clamp(0.0, 1.0) + WEIGHT_FLOOR
 
 
 def _exact_draw(region: SeedRegion, weights: Tensor | None, frames: Tensor, taken: Tensor,
@@ -567,12 +633,61 @@ def _exact_draw(region: SeedRegion, weights: Tensor | None, frames: Tensor, take
         rank = torch.minimum((uniform * total).long(), (total - 1).clamp_min(0)).to(torch.int32)
         pixel = torch.searchsorted(running, rank + 1)  # the (rank + 1)-th pixel of the region
     else:
-        running = torch.where(mask, _unit(weights[frames]).clamp(0.0, 1.0), 0.0).cumsum(dim=1)
+        running = torch.where(mask, _seed_weights(weights[frames]), 0.0).cumsum(dim=1)
         total = running[:, -1:].contiguous()
         uniform = torch.rand(total.shape, generator=generator, device=mask.device)
         pixel = torch.searchsorted(running, uniform * total, right=True)
         pixel = torch.minimum(pixel, torch.searchsorted(running, total))  # rand * total may round up to total
     return torch.where(total > 0, pixel.clamp_max(mask.shape[1] - 1), -1).squeeze(1)
+
+
+def _seed_pixels(fg_points: Tensor, bg_points: Tensor, shape: torch.Size, ksz: int) -> tuple[Tensor, Tensor]:
+    """(pixels, classes): the flat batch indices, ascending, of the pixels inside a foreground square (class 1)
+    or a background square (class 0) but not both."""
+    if fg_points.shape[1] + bg_points.shape[1] > 2 * FEW_DRAWS:  # many squares: a mask beats sorting their pixels
+        squares = _dilated(fg_points, bg_points, shape, ksz).reshape(-1)  # bit 0: foreground, bit 1: background
+        pixels = ((squares == FOREGROUND_BIT) | (squares == BACKGROUND_BIT)).nonzero().squeeze(1)
+        return pixels, (squares.index_select(0, pixels) == FOREGROUND_BIT).long()
+    _, height, width = shape
+    # One sort for both: pixel * 2 + class, distinct; a pixel left with both classes is dropped.
+    keys = torch.unique(torch.cat([_squares(fg_points, ksz, height, width) * 2 + 1,
+                                   _squares(bg_points, ksz, height, width) * 2]))
+    pixels = keys // 2
+    same_as_next = pixels[1:] == pixels[:-1]
+    in_both = torch.zeros_like(pixels, dtype=torch.bool)
+    in_both[1:] |= same_as_next
+    in_both[:-1] |= same_as_next
+    return pixels[~in_both], (keys % 2)[~in_both]
+
+
+FOREGROUND_BIT, BACKGROUND_BIT = 1, 2
+
+
+def _dilated(fg_points: Tensor, bg_points: Tensor, shape: torch.Size, ksz: int) -> Tensor:
+    """(B, h, w) uint8: FOREGROUND_BIT where a foreground square covers the pixel, BACKGROUND_BIT where a
+    background one does (both bits: both); squares are ksz x ksz, clipped to the frame; points (B, K), -1: none."""
+    frames, height, width = shape
+    marks = torch.zeros(frames * height * width + 1, dtype=torch.uint8, device=fg_points.device)
+    offsets = torch.arange(frames, device=fg_points.device)[:, None] * (height * width)
+    for points, bit in ((fg_points, FOREGROUND_BIT), (bg_points, BACKGROUND_BIT)):
+        flat = torch.where(points >= 0, points + offsets, marks.numel() - 1).reshape(-1)
+        marks.index_put_((flat,), torch.tensor(bit, dtype=torch.uint8, device=marks.device), accumulate=True)
+    squares = marks[:-1].reshape(shape)  # points are distinct within a class, so the sums are bitwise ors
+    for axis in (2, 1):  # a square is a row segment of column segments
+        grown = squares.clone()
+        for shift in range(1, ksz // 2 + 1):
+            size = squares.shape[axis] - shift
+            grown.narrow(axis, shift, size).bitwise_or_(squares.narrow(axis, 0, size))
+            grown.narrow(axis, 0, size).bitwise_or_(squares.narrow(axis, shift, size))
+        squares = grown
+    return squares
+
+
+def _label_image(pixels: Tensor, classes: Tensor, shape: torch.Size, ignore_index: int) -> Tensor:
+    """(B, h, w) int64 with `classes` at `pixels` and ignore_index elsewhere."""
+    seeds = torch.full((shape.numel(),), ignore_index, dtype=torch.long, device=pixels.device)
+    seeds[pixels] = classes
+    return seeds.reshape(shape)
 
 
 def _squares(points: Tensor, ksz: int, height: int, width: int) -> Tensor:
@@ -607,35 +722,33 @@ def pseudo_labels(
     """CAM-TMP -> Otsu -> ROI -> seeds for a batch of neighbour-frame CAM buffers (B, T, h, w), float in
     [0, 1] or uint8 levels.
 
-    Defaults are the paper's: ROI all with min size 0.05, max_p 0.6, min_p 0.1,
-    one weighted foreground and one background seed, ksz 3.
+    Defaults are the TCAM paper's: ROI all, max_p 0.6, min_p 0.1, one
+    weighted foreground and one background seed, ksz 3 (min_size 0.05 serves
+    the densest ROI only).
     """
     _check_ksz(ksz)
     maps = _max_over_valid(buffer, valid)
     if maps.dtype != torch.uint8 or sharpen is not None:
         maps = _sharpened(_unit(maps), sharpen)
-    roi, threshold_levels, fg_points, bg_points = _roi_and_points(maps, roi_mode, min_size, max_p, min_p, n_fg,
-                                                                  n_bg, weighted, generator)
-    pixels, classes = _seed_pixels(fg_points, bg_points, roi, ksz)
-    return PseudoLabels(maps=maps, roi=roi, thresholds=_level_to_unit(threshold_levels), seed_pixels=pixels,
-                        seed_classes=classes, ignore_index=ignore_index)
-
-
-def _roi_and_points(maps: Tensor, roi_mode: str, min_size: float, max_p: float, min_p: float, n_fg: int,
-                    n_bg: int, weighted: bool, generator: torch.Generator | None):
     bins = _bins(maps)
     histograms = _histograms(bins)
-    threshold_levels = otsu_levels(histograms)
-    roi, dropped = _roi(_foreground(bins, threshold_levels, maps.shape, maps), maps, roi_mode, min_size)
-    roi_histograms = _roi_histograms(histograms, threshold_levels, bins, dropped)
-    regions = _seed_regions(bins, histograms, roi_histograms, roi, max_p, min_p)
+    thresholds = otsu_levels(histograms)
+    roi, dropped = _roi(_foreground(maps, thresholds), maps, roi_mode, min_size)
+    roi_histograms = _roi_histograms(maps, bins, histograms, thresholds, roi, dropped)
+    regions = _seed_regions(maps, bins, histograms, roi_histograms, roi, max_p, min_p)
     fg_points, bg_points = _draw_points(maps, regions, n_fg, n_bg, weighted, generator)
-    return roi, threshold_levels, fg_points, bg_points
+    pixels, classes = _seed_pixels(fg_points, bg_points, roi.shape, ksz)
+    return PseudoLabels(maps=maps, roi=roi, thresholds=thresholds, seed_pixels=pixels, seed_classes=classes,
+                        ignore_index=ignore_index)
 
 
-def _roi_histograms(histograms: Tensor, threshold_levels: Tensor, bins: Tensor, dropped: Tensor) -> Tensor:
-    """Level histograms of the ROI: the foreground's (levels above the threshold) less the dropped blobs'."""
-    above = torch.arange(LEVELS, device=histograms.device) > threshold_levels[:, None]
+def _roi_histograms(maps: Tensor, bins: Tensor, histograms: Tensor, thresholds: Tensor, roi: Tensor,
+                    dropped: Tensor) -> Tensor:
+    """Level histograms of the ROI. uint8 maps, whose foreground is whole levels: the levels at or above the
+    threshold less the dropped blobs' pixels (no pass over the frame); float maps: counted."""
+    if maps.dtype != torch.uint8:
+        return _histograms(bins, roi)
+    above = torch.arange(LEVELS, device=histograms.device) >= thresholds.ceil()[:, None]
     roi_histograms = histograms * above
     if dropped.numel():
         frames = histograms.shape[0]
