@@ -8,7 +8,9 @@ import pytest
 import yaml
 
 from tcam_ray.config import Config, ConfigError, config_from_dict, load, resolve_paths, to_dict
+from tcam_ray.config.loader import read_config_file
 from tcam_ray.runs import create_run_dir
+from tcam_ray.train.checkpoints import checkpoint_config
 
 from .conftest import REPO, YTOV1_METADATA
 
@@ -109,11 +111,57 @@ def test_overrides_win_over_file_and_base(tmp_path):
     assert load(child, ["synth.classes=5"]).synth.classes == 5
 
 
-def test_base_of_a_base_is_refused(tmp_path):
-    write(tmp_path / "a.yaml", {"synth": {"classes": 2}})
-    write(tmp_path / "b.yaml", {"base": "a.yaml"})
+def test_bases_chain_and_nearer_files_win(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "top").mkdir()
+    write(tmp_path / "recipes" / "root.yaml",
+          {"synth": {"classes": 2, "size": 64, "seed": 1}, "dataset": {"name": "from-root"}})
+    write(tmp_path / "recipes" / "middle.yaml", {"base": "root.yaml", "synth": {"size": 80}})
+    top = write(tmp_path / "top" / "top.yaml", {"base": "../recipes/middle.yaml", "synth": {"seed": 7}})
+    cfg = load(top)
+    assert (cfg.synth.classes, cfg.synth.size, cfg.synth.seed, cfg.dataset.name) == (2, 80, 7, "from-root")
+    data, sources = read_config_file(top)
+    recipes = (tmp_path / "recipes").resolve()
+    assert sources == [top, recipes / "middle.yaml", recipes / "root.yaml"]
+    assert "base" not in data
+
+
+def test_middle_file_overrides_its_base_and_the_top_file_wins_over_both(tmp_path):
+    write(tmp_path / "a.yaml", {"synth": {"classes": 2, "size": 64}})
+    write(tmp_path / "b.yaml", {"base": "a.yaml", "synth": {"classes": 3, "size": 72}})
+    child = write(tmp_path / "c.yaml", {"base": "b.yaml", "synth": {"size": 96}})
+    cfg = load(child)
+    assert (cfg.synth.classes, cfg.synth.size) == (3, 96)
+
+
+def test_a_base_cycle_names_the_files_in_order(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    write(a, {"base": "b.yaml"})
+    write(b, {"base": "a.yaml"})
+    with pytest.raises(ConfigError) as err:
+        load(a)
+    assert str(err.value) == f"config base cycle: {a.resolve()} -> {b.resolve()} -> {a.resolve()}"
+    # a cycle further down the chain names only its own files
+    top = write(tmp_path / "top.yaml", {"base": "b.yaml"})
+    with pytest.raises(ConfigError) as err:
+        load(top)
+    assert str(err.value) == f"config base cycle: {b.resolve()} -> {a.resolve()} -> {b.resolve()}"
+    selfish = write(tmp_path / "self.yaml", {"base": "./self.yaml"})
+    with pytest.raises(ConfigError, match=r"config base cycle: .*self.yaml -> .*self.yaml$"):
+        load(selfish)
+
+
+def test_a_missing_base_deep_in_the_chain_names_the_file(tmp_path):
+    write(tmp_path / "b.yaml", {"base": "nowhere.yaml"})
     child = write(tmp_path / "c.yaml", {"base": "b.yaml"})
-    with pytest.raises(ConfigError, match=r"b.yaml: a base config cannot name a base of its own"):
+    with pytest.raises(ConfigError, match=r"config file not found: .*nowhere.yaml"):
+        load(child)
+    write(tmp_path / "b.yaml", {"base": "broken.yaml"})
+    write(tmp_path / "broken.yaml", "synth: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML"):
+        load(child)
+    write(tmp_path / "b.yaml", {"base": ["x.yaml"]})
+    with pytest.raises(ConfigError, match=r"b.yaml: 'base' must be one file name"):
         load(child)
 
 
@@ -130,6 +178,57 @@ def test_missing_base_and_bad_yaml_name_the_file(tmp_path):
     broken = write(tmp_path / "broken.yaml", "synth: [unclosed\n")
     with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML"):
         load(broken)
+
+
+def test_nesterov_needs_momentum():
+    assert load(overrides=["train.nesterov=true"]).train.nesterov
+    with pytest.raises(ConfigError, match=r"config key 'train.nesterov': Nesterov momentum needs train.momentum > 0"):
+        load(overrides=["train.nesterov=true", "train.momentum=0"])
+
+
+def test_a_retired_key_in_a_user_file_says_it_was_removed_and_why(tmp_path):
+    path = write(tmp_path / "c.yaml", {"eval": {"box_mode": "largest"}})
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    message = str(err.value)
+    assert message.startswith(f"config key 'eval.box_mode' (in {path}) was removed: ")
+    assert "largest contour for CorLoc" in message and "all contours for MaxBoxAccV2" in message
+    assert "\n" not in message
+    with pytest.raises(ConfigError, match=r"'eval.box_mode' \(in --set eval.box_mode=all\) was removed: "):
+        load(overrides=["eval.box_mode=all"])
+
+
+def test_a_retired_key_in_a_base_file_is_an_error_too(tmp_path):
+    write(tmp_path / "base.yaml", {"eval": {"box_mode": "all", "thresholds": 10}})
+    child = write(tmp_path / "c.yaml", {"base": "base.yaml"})
+    with pytest.raises(ConfigError, match=r"'eval.box_mode' \(in .*c.yaml or its base .*base.yaml\) was removed"):
+        load(child)
+
+
+def test_a_checkpoint_config_with_a_retired_key_loads(tmp_path):
+    """Checkpoints written before eval.box_mode was removed carry it in their config.yaml."""
+    cfg = load(overrides=["synth.classes=3", "eval.thresholds=10"])
+    saved = to_dict(cfg)
+    saved["eval"]["box_mode"] = "largest"
+    folder = tmp_path / "epoch-0001"
+    folder.mkdir()
+    write(folder / "config.yaml", saved)
+    assert checkpoint_config(folder) == cfg
+    write(folder / "config.yaml", {"eval": {"box_mode": "largest"}})
+    assert checkpoint_config(folder) == load()
+
+
+def test_a_checkpoint_config_with_an_unknown_key_is_still_an_error(tmp_path):
+    write(tmp_path / "config.yaml", {"eval": {"box_mode": "largest", "box_mod": "all"}})
+    with pytest.raises(ConfigError, match=r"config.yaml: unknown config key 'eval.box_mod'"):
+        checkpoint_config(tmp_path)
+
+
+def test_ray_worker_dicts_still_refuse_retired_keys():
+    plain = to_dict(load())
+    plain["eval"]["box_mode"] = "largest"
+    with pytest.raises(ConfigError, match=r"unknown config key 'eval.box_mode'"):
+        config_from_dict(plain)
 
 
 def test_plain_dict_round_trip_for_ray_workers():

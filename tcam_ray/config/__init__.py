@@ -5,28 +5,35 @@ import dataclasses
 from pathlib import Path
 from typing import Iterable
 
-from .loader import ConfigError, dump_config, from_dict, to_dict
+from .loader import ConfigError, drop_retired, dump_config, from_dict, to_dict
 from .loader import load_config as _load_config
 from .schema import (
-    CamConfig, Config, DatasetConfig, EvalConfig, InputConfig, ModelConfig, RunConfig, ScaleConfig, SynthConfig,
-    TcamConfig, TrainConfig,
+    RETIRED_KEYS, CamConfig, Config, DatasetConfig, EvalConfig, InputConfig, ModelConfig, RunConfig, ScaleConfig,
+    SynthConfig, TcamConfig, TrainConfig,
 )
 
 __all__ = [
     "CamConfig", "Config", "ConfigError", "DatasetConfig", "EvalConfig", "InputConfig", "ModelConfig", "RunConfig",
     "ScaleConfig", "SynthConfig", "TcamConfig", "TrainConfig",
-    "config_from_dict", "dump_config", "load", "resolve_paths", "to_dict",
+    "RETIRED_KEYS", "config_from_dict", "dump_config", "load", "resolve_paths", "saved_config_from_dict", "to_dict",
 ]
 
 
 def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Defaults <- YAML file (and its `base:`) <- `--set section.key=value` overrides."""
-    return _load_config(Config, path, overrides)
+    """Defaults <- YAML file (and its chain of `base:` files) <- `--set section.key=value` overrides."""
+    return _load_config(Config, path, overrides, retired=RETIRED_KEYS)
 
 
 def config_from_dict(data: dict) -> Config:
     """The typed config from its plain dict (as received by a Ray worker)."""
     return from_dict(Config, data)
+
+
+def saved_config_from_dict(data: dict) -> Config:
+    """The typed config of a config saved by tcam-ray (a checkpoint's config.yaml), possibly
+    by an older version: keys retired since (RETIRED_KEYS) are dropped, any other unknown
+    key is still an error."""
+    return from_dict(Config, drop_retired(data, RETIRED_KEYS))
 
 
 def resolve_paths(cfg: Config, cwd: str | Path | None = None) -> Config:

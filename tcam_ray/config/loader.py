@@ -1,10 +1,13 @@
-"""Typed YAML configs: dataclass schemas, one `base:` include, dotted overrides.
+"""Typed YAML configs: dataclass schemas, chained `base:` includes, dotted overrides.
 
 A config file is a nested YAML mapping mirroring the dataclasses of
 `tcam_ray.config.schema`. Loading is strict: an unknown key or a value of the
 wrong type is a `ConfigError` that names the key (dotted), the file it came
-from, and the closest valid key. A file may name one `base:` file (relative to
-itself) whose values it overrides; a base cannot have a base of its own.
+from, and the closest valid key; a key the schema retired (a table the caller
+passes) is an error that says why it went. A file may name one `base:` file
+(relative to itself) whose values it overrides, and that base may name a base
+of its own, to any depth: the chain is merged bottom-up, so the top file wins.
+A file reached twice along a chain is a `ConfigError` naming the cycle.
 
 Across process boundaries (Ray workers, Tune trials) a config travels as the
 plain nested dict of `to_dict`, and `from_dict` rebuilds the typed object.
@@ -16,7 +19,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, Iterable, Literal, Mapping, TypeVar, Union, get_args, get_origin
 
 import yaml
 
@@ -55,23 +58,33 @@ def deep_merge(base: dict, top: dict) -> dict:
 
 
 def read_config_file(path: str | Path) -> tuple[dict, list[Path]]:
-    """The raw mapping of a config file with its `base:` (if any) merged under it,
-    and the files it came from."""
+    """The raw mapping of a config file with its chain of `base:` files merged under it
+    (each base relative to the file naming it; nearer files win), and the files it came
+    from, the top file first."""
     path = Path(path)
-    data = read_yaml_mapping(path)
-    base_name = data.pop(BASE_KEY, None)
-    if base_name is None:
-        return data, [path]
-    if not isinstance(base_name, str):
-        raise ConfigError(f"{path}: '{BASE_KEY}' must be one file name, got {base_name!r}")
-    base_path = (path.parent / base_name).resolve()
-    base = read_yaml_mapping(base_path)
-    if BASE_KEY in base:
-        raise ConfigError(
-            f"{base_path}: a base config cannot name a base of its own "
-            f"(it is the base of {path}); merge the two files instead"
-        )
-    return deep_merge(base, data), [path, base_path]
+    sources = [path]
+    resolved = [path.resolve()]
+    layers = []
+    current = path
+    while True:
+        data = read_yaml_mapping(current)
+        base_name = data.pop(BASE_KEY, None)
+        layers.append(data)
+        if base_name is None:
+            break
+        if not isinstance(base_name, str):
+            raise ConfigError(f"{current}: '{BASE_KEY}' must be one file name, got {base_name!r}")
+        base_path = (current.parent / base_name).resolve()
+        if base_path in resolved:
+            cycle = resolved[resolved.index(base_path):] + [base_path]
+            raise ConfigError("config base cycle: " + " -> ".join(map(str, cycle)))
+        sources.append(base_path)
+        resolved.append(base_path)
+        current = base_path
+    merged: dict = {}
+    for layer in reversed(layers):
+        merged = deep_merge(merged, layer)
+    return merged, sources
 
 
 # --------------------------------------------------------------------------- schema walking
@@ -255,20 +268,72 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def apply_overrides(schema: type, data: dict, overrides: Iterable[str]) -> dict:
+def apply_overrides(schema: type, data: dict, overrides: Iterable[str],
+                    retired: Mapping[str, str] | None = None) -> dict:
     data = dict(data)
     for text in overrides:
         key, raw = parse_override(text)
-        tp = type_at_path(schema, key, origin=f" (in --set {text})")
+        origin = f" (in --set {text})"
+        if retired and key in retired:
+            raise retired_key_error(key, retired[key], origin)
+        tp = type_at_path(schema, key, origin=origin)
         set_dotted(data, key, override_value(raw, tp))
     return data
 
 
-def load_config(schema: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
-    """Schema defaults <- config file (with its base) <- `--set key=value` overrides."""
+# --------------------------------------------------------------------------- retired keys
+# `retired` maps a dotted key the schema no longer has to why it went. A config file or --set
+# naming one is an error saying so; configs saved by older versions (checkpoints) drop them.
+
+
+def has_dotted(data: dict, dotted: str) -> bool:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def without_dotted(data: dict, dotted: str) -> dict:
+    """A copy of `data` without the dotted key (the dicts along its path copied, the rest shared)."""
+    if not has_dotted(data, dotted):
+        return data
+    head, _, rest = dotted.partition(".")
+    data = dict(data)
+    if rest:
+        data[head] = without_dotted(data[head], rest)
+    else:
+        del data[head]
+    return data
+
+
+def retired_key_error(dotted: str, why: str, origin: str = "") -> ConfigError:
+    return ConfigError(f"config key '{dotted}'{origin} was removed: {why}")
+
+
+def check_retired(data: dict, retired: Mapping[str, str], origin: str = "") -> None:
+    for dotted, why in retired.items():
+        if has_dotted(data, dotted):
+            raise retired_key_error(dotted, why, origin)
+
+
+def drop_retired(data: dict, retired: Mapping[str, str]) -> dict:
+    for dotted in retired:
+        data = without_dotted(data, dotted)
+    return data
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: Iterable[str] = (),
+                retired: Mapping[str, str] | None = None) -> T:
+    """Schema defaults <- config file (with its bases) <- `--set key=value` overrides.
+    A key of `retired` (dotted key -> why it was removed) in the file or --set is an error."""
     data, sources = read_config_file(path) if path is not None else ({}, [])
-    data = apply_overrides(schema, data, overrides)
-    origin = f" (in {' or its base '.join(map(str, sources))}, or --set)" if sources else ""
+    files = " or its base ".join(map(str, sources))
+    if retired:
+        check_retired(data, retired, origin=f" (in {files})")
+    data = apply_overrides(schema, data, overrides, retired)
+    origin = f" (in {files}, or --set)" if sources else ""
     return from_dict(schema, data, origin=origin)
 
 

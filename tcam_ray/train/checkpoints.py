@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, config_from_dict, dump_config
+from ..config import ConfigError, config_from_dict, dump_config, saved_config_from_dict
 from ..io import atomic_write_text
 
 STATE_FILE = "state.pt"
@@ -61,12 +61,12 @@ def load_state(folder: Path, device: torch.device | str = "cpu") -> dict[str, An
 
 
 def checkpoint_config(folder: Path):
-    """The typed config a checkpoint was trained with."""
+    """The typed config a checkpoint was trained with (keys retired since it was written are dropped)."""
     import yaml
 
     data = yaml.safe_load((Path(folder) / CONFIG_FILE).read_text())
     try:
-        return config_from_dict(data)
+        return saved_config_from_dict(data)
     except ConfigError as err:
         raise ConfigError(f"{folder / CONFIG_FILE}: {err}") from None
 

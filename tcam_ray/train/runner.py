@@ -81,7 +81,7 @@ class Runner(ABC):
         self.model = ctx.prepare_model(self.build_model().to(memory_format=torch.channels_last))
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(trainable, lr=cfg.train.lr, momentum=cfg.train.momentum,
-                                         weight_decay=cfg.train.weight_decay)
+                                         nesterov=cfg.train.nesterov, weight_decay=cfg.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.train.step_size, cfg.train.gamma)
         self.scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and cfg.train.amp)
         self.start_epoch = 1
