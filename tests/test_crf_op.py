@@ -306,6 +306,23 @@ def test_colour_crf_pools_the_frames_of_a_clip():
     assert float(loss) * 2 < float(per_frame) * 6 * 1.05
 
 
+def test_adaptive_colour_crf_weighs_every_clip_alike():
+    """CoLo-CAM's adaptive weight: lambda * mean over clips of E_c / |E_c| with |E_c| held constant, so the
+    value is -lambda and each clip's gradient is lambda * dE_c / |E_c| / N, whatever its energy's size."""
+    frames = sample_frames(4, 24, seed=3).reshape(2, 2, 3, 24, 24)
+    probs = sample_probs(frames.flatten(0, 1)).reshape(2, 2, 2, 24, 24)
+    frames[1] = frames[1] * 0.2  # a low-contrast clip: a far smaller energy
+    leaf = probs.clone().requires_grad_(True)
+    loss = MultiFrameColourCRFLoss(weight=9.0, adaptive=True)(frames, leaf)
+    assert float(loss) == pytest.approx(-9.0)
+    loss.backward()
+    for clip in range(2):
+        one = probs[clip : clip + 1].clone().requires_grad_(True)
+        energy = MultiFrameColourCRFLoss(weight=1.0)(frames[clip : clip + 1], one)
+        energy.backward()
+        torch.testing.assert_close(leaf.grad[clip], 9.0 * one.grad[0] / abs(float(energy)) / 2, rtol=1e-5, atol=1e-9)
+
+
 @needs_cuda
 def test_cuda_matches_cpu(natural_64):
     _, probs, features = natural_64

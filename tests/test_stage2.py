@@ -10,7 +10,8 @@ import pytest
 
 from tcam_ray.config import SynthConfig
 from tcam_ray.data import DatasetError
-from tcam_ray.data.buffers import buffer_indices, joint_crop_flip, neighbour_offsets, shots_from_store, training_rows
+from tcam_ray.data.buffers import (buffer_indices, clip_frames, joint_crop_flip, neighbour_offsets, shots_from_store,
+                                   training_rows, window_frames)
 from tcam_ray.data.cam_store import CamStore, CamStoreWriter, StoreInfo
 from tcam_ray.data.pipeline import buffer_train_dataset
 from tcam_ray.data.synthetic import generate
@@ -94,11 +95,25 @@ def test_training_rows_one_per_shot_and_every_frame(store):
     offsets = neighbour_offsets(1, "before")
     kwargs = dict(root=str(root), offsets=offsets, cam_size=56, cam_dtype="uint8", resize=40, crop=32, flip=True)
     one = training_rows(shots, every_frame=False, seed=0, **kwargs)
-    assert one["image"].shape == (SHOTS, 32, 32, 3) and one["buffer"].shape == (SHOTS, 2, 32, 32)
+    assert one["image"].shape == (SHOTS, 1, 32, 32, 3) and one["buffer"].shape == (SHOTS, 1, 2, 32, 32)
     every = training_rows(shots, every_frame=True, seed=0, **kwargs)
     assert len(every["label"]) == SHOTS * FRAMES_PER_SHOT
-    assert (~every["valid"][:, 1]).sum() == SHOTS  # each shot's first frame has no frame before it
-    assert every["valid"][:, 0].all()
+    assert (~every["valid"][:, 0, 1]).sum() == SHOTS  # each shot's first frame has no frame before it
+    assert every["valid"][:, 0, 0].all()
+    clips = training_rows(shots, every_frame=False, clip=2, window=0.6, seed=0, **kwargs)
+    assert clips["image"].shape == (SHOTS, 2, 32, 32, 3) and clips["valid"].shape == (SHOTS, 2, 2)
+    assert clips["valid"].all()  # the window (frames 2-6 of 8) keeps both frames' predecessors in the shot
+
+
+def test_clip_windows_are_the_central_frames_as_colocam():
+    assert window_frames(8, 0.6).tolist() == [2, 3, 4, 5, 6]  # p = int(0.6 * 8) = 4 frames around frame 4
+    assert window_frames(10, 1.0).tolist() == list(range(10))
+    assert window_frames(3, 0.6).tolist() == [1] and window_frames(2, 0.6).tolist() == [0, 1]
+    rng = np.random.default_rng(0)
+    draws = np.concatenate([clip_frames(8, 2, 0.6, False, rng) for _ in range(400)])
+    assert set(map(tuple, draws.tolist())) == {(2, 3), (3, 4), (4, 5), (5, 6)}  # consecutive, in the window
+    assert clip_frames(8, 2, 0.6, True, rng).tolist() == [[2, 3], [3, 4], [4, 5], [5, 6]]
+    assert clip_frames(3, 2, 0.6, True, rng).tolist() == [[1, 1]]  # a 1-frame window repeats it
 
 
 def test_ray_data_buffer_rows(store):
@@ -108,8 +123,12 @@ def test_ray_data_buffer_rows(store):
     batches = list(buffer_train_dataset(shots, cfg, 56, "uint8").iter_batches(batch_size=16, batch_format="numpy"))
     buffers = np.concatenate([b["buffer"] for b in batches])
     valid = np.concatenate([b["valid"] for b in batches])
-    assert buffers.shape == (SHOTS * FRAMES_PER_SHOT, 5, 32, 32) and buffers.dtype == np.uint8
-    assert valid.sum(axis=0).tolist() == [64, 56, 48, 56, 48]
+    assert buffers.shape == (SHOTS * FRAMES_PER_SHOT, 1, 5, 32, 32) and buffers.dtype == np.uint8
+    assert valid[:, 0].sum(axis=0).tolist() == [64, 56, 48, 56, 48]
+    cfg = config(root, root.parent, "tcam.clip=2", "tcam.clip_window=0.6")
+    batches = list(buffer_train_dataset(shots, cfg, 56, "uint8").iter_batches(batch_size=3, batch_format="numpy"))
+    assert {b["image"].shape[1:] for b in batches} == {(2, 32, 32, 3)}  # clips stay whole through batching
+    assert sum(len(b["label"]) for b in batches) == SHOTS
 
 
 # --------------------------------------------------------------------------- training
@@ -160,3 +179,27 @@ def test_stage2_needs_a_store_of_this_dataset(store, tmp_path):
     labels.write_text("\n".join(lines) + "\n")
     with pytest.raises(DatasetError, match=r"CAM store made for dataset 'synthetic' .* not for this dataset"):
         run_training(config(other, tmp_path, f"tcam.cams={path}"), "tcam")
+
+
+def test_colocam_trains_on_clips_from_the_classifier_it_is_told(store, tmp_path):
+    """CoLo-CAM's stage 2 in-process: clips of 2 frames, n = 0, ROI largest, many seeds, the colour CRF over
+    each clip (adaptive: each clip weighs its weight), on the classifier named by tcam.classifier."""
+    root, path = store
+    classifier = CamStore.read(path).info.checkpoint.replace("best-corloc", "best-top1")
+    cfg = config(root, tmp_path, f"tcam.cams={path}", "tcam.classifier=best-top1", "tcam.clip=2",
+                 "tcam.clip_window=0.6", "tcam.n=0", "tcam.roi=largest", "tcam.fg_seeds=40", "tcam.bg_seeds=40",
+                 "tcam.max_p=0.7", "tcam.colour_crf=true", "tcam.colour_crf_weight=9", "input.batch_size=2")
+    result = run_training(cfg, "tcam", out=lambda line: None)
+    train = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][0]
+    assert train["colour_crf"] == pytest.approx(-9.0)  # adaptive: -weight per clip, whatever the energy
+    assert train["samples"] == SHOTS // 2 * 2
+    state, stage1 = load_state(result.last)["model"], load_state(classifier)["model"]
+    assert all(np.array_equal(state[f"classifier.{key}"].numpy(), value.numpy()) for key, value in stage1.items())
+
+
+def test_colour_crf_needs_clips(store, tmp_path):
+    root, path = store
+    with pytest.raises(ValueError, match=r"tcam.colour_crf.*tcam.clip"):
+        config(root, tmp_path, f"tcam.cams={path}", "tcam.colour_crf=true")
+    with pytest.raises(ValueError, match=r"tcam.classifier.*not a stage-1 checkpoint"):
+        run_training(config(root, tmp_path, f"tcam.cams={path}", "tcam.classifier=best-nothing"), "tcam")

@@ -46,8 +46,14 @@ def resolve_paths(cfg: Config, cwd: str | Path | None = None) -> Config:
     run = dataclasses.replace(cfg.run, root=str((cwd / local_folder(cfg.run.root, "run.root")).resolve()),
                               storage=cfg.run.storage if is_uri(cfg.run.storage) else absolute(cfg.run.storage, cwd))
     model = dataclasses.replace(cfg.model, weights=absolute(cfg.model.weights, cwd))
-    tcam = dataclasses.replace(cfg.tcam, cams=absolute(cfg.tcam.cams, cwd))
+    tcam = dataclasses.replace(cfg.tcam, cams=absolute(cfg.tcam.cams, cwd),
+                               classifier=classifier_path(cfg.tcam.classifier, cwd))
     return dataclasses.replace(cfg, dataset=dataset, run=run, model=model, tcam=tcam)
+
+
+def classifier_path(choice: str, cwd: Path) -> str:
+    """tcam.classifier: a name ("store", "best-top1") stays a name; a path becomes absolute."""
+    return absolute(choice, cwd) if "/" in choice or "\\" in choice else choice
 
 
 def is_uri(path: str | None) -> bool:

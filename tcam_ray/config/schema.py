@@ -193,14 +193,22 @@ class TcamConfig:
     """Stage 2 (TCAM): pseudo-labels from neighbour-frame CAMs, the decoder and its losses.
     Defaults are the paper's."""
 
-    cams: Optional[str] = None  # the CAM store (tcam-ray cams); its checkpoint is the stage-1 classifier
+    cams: Optional[str] = None  # the CAM store (tcam-ray cams): its maps make the pseudo-labels
+    # The stage-1 checkpoint the decoder sits on: "store" (the one the CAM store was made from), the name
+    # of a checkpoint beside it in its run ("best-top1": the TCAM code's best classifier under CAMs of the
+    # best localiser), or a path.
+    classifier: str = "store"
+    # Training rows are clips of `clip` consecutive frames of a shot (TCAM 1; CoLo-CAM 2), drawn from the
+    # central clip_window fraction of the shot's frames (CoLo-CAM 0.6); input.batch_size counts clips.
+    clip: int = 1
+    clip_window: float = 1.0
     # CAM temporal max-pooling over the frame and its n neighbours in the shot
     n: int = 1
     direction: Literal["before", "after", "both"] = "before"
     sharpen: Optional[float] = None  # h of exp(h * cam) / max, or none
     # region of interest: Otsu threshold of the pooled CAM, then blobs
     roi: Literal["all", "largest", "densest"] = "all"
-    min_size: float = 0.05  # blobs smaller than this fraction of the frame are dropped
+    min_size: float = 0.05  # "densest": a densest blob under this fraction of the frame yields to the largest
     # seeds: foreground among the top max_p of the ROI's values, background among the bottom min_p
     max_p: float = 0.6
     min_p: float = 0.1
@@ -219,6 +227,13 @@ class TcamConfig:
     crf_sigma_rgb: float = 15.0
     crf_sigma_xy: float = 100.0
     crf_scale: float = 1.0
+    # CoLo-CAM's colour CRF over all pixels of a clip (needs clip >= 2); "adaptive": weight * L / |L|
+    # per clip with |L| held constant (CoLo-CAM's default), else weight * L.
+    colour_crf: bool = False
+    colour_crf_weight: float = 9.0
+    colour_crf_sigma_rgb: float = 15.0
+    colour_crf_scale: float = 1.0
+    colour_crf_adaptive: bool = True
     max_size: bool = True
     max_size_weight: float = 0.01
     elb_init_t: float = 1.0
@@ -240,7 +255,12 @@ class TcamConfig:
         require(self.fg_seeds >= 0 and self.bg_seeds >= 0, "tcam.fg_seeds", "seed counts must be >= 0")
         require(self.ksz >= 1 and self.ksz % 2 == 1, "tcam.ksz", f"must be an odd size >= 1, got {self.ksz}")
         require(0 <= self.min_size < 1, "tcam.min_size", "is a fraction of the frame in [0, 1)")
-        require(self.crf_scale > 0 and self.crf_scale <= 1, "tcam.crf_scale", "must be in (0, 1]")
+        require(0 < self.crf_scale <= 1, "tcam.crf_scale", "must be in (0, 1]")
+        require(0 < self.colour_crf_scale <= 1, "tcam.colour_crf_scale", "must be in (0, 1]")
+        require(self.clip >= 1, "tcam.clip", f"must be at least 1, got {self.clip}")
+        require(0 < self.clip_window <= 1, "tcam.clip_window", f"is a fraction in (0, 1], got {self.clip_window}")
+        require(not self.colour_crf or self.clip >= 2, "tcam.colour_crf",
+                f"couples the frames of a clip: set tcam.clip to 2 or more (got {self.clip})")
         for name, value in vars(self).items():
             if name.endswith(("_weight", "_margin")):
                 require(value >= 0, f"tcam.{name}", f"must be >= 0, got {value}")

@@ -1,11 +1,15 @@
-"""Stage-2 training rows: a decoded frame with its neighbour-frame CAM buffer.
+"""Stage-2 training rows: clips of decoded frames, each frame with its neighbour-frame CAM buffer.
 
 The CAM store is grouped by shot (frames in frame order, with their stored
-maps); each pass turns shot rows into training rows: one random frame per
-shot (the paper) or every frame, each with the stored CAMs of itself and of
+maps); each pass turns shot rows into training rows. A row is a clip of
+`clip` consecutive frames of one shot (TCAM: 1 frame; CoLo-CAM: 2), drawn
+from the central `window` fraction of the shot: one random clip per shot (the
+papers) or every clip. Each frame carries the stored CAMs of itself and of
 its `n` neighbours in the same shot (`before`, `after` or `both`), padded at
-shot edges and flagged by a validity mask. The frame and its buffer are
-resized, cropped and flipped together, so the maps stay aligned with pixels.
+shot edges and flagged by a validity mask. A frame and its buffer are
+resized, cropped and flipped together, so the maps stay aligned with pixels;
+each frame of a clip gets its own crop and flip (as CoLo-CAM's loader). A
+clip travels as one row, so shuffling and batching never split it.
 """
 from __future__ import annotations
 
@@ -59,27 +63,59 @@ def joint_crop_flip(image: np.ndarray, maps: np.ndarray, resize: int, crop: int,
     return np.ascontiguousarray(image), np.ascontiguousarray(stacked.transpose(2, 0, 1))
 
 
+def window_frames(length: int, window: float) -> np.ndarray:
+    """The frames of a shot of `length` that clips are drawn from: with window < 1, the central ones
+    (CoLo-CAM's loader: p = int(window * length) frames around the middle; of 2 frames both, of 3 the middle)."""
+    if window >= 1.0 or length <= 2:
+        return np.arange(length)
+    if length == 3:
+        return np.array([1])
+    centre, half = length // 2, max(max(int(window * length), 1) // 2, 1)
+    return np.arange(max(centre - half, 0), min(centre + half + 1, length))
+
+
+def clip_frames(length: int, clip: int, window: float, every: bool, rng: np.random.Generator) -> np.ndarray:
+    """(C, clip) frame indices, in time order, of one random clip (or of every clip) of a shot of `length`:
+    consecutive frames inside its window. A window of fewer than `clip` frames repeats its first frame."""
+    allowed = window_frames(length, window)
+    ends = np.arange(min(clip, len(allowed)) - 1, len(allowed))
+    if not every:
+        ends = ends[rng.integers(0, len(ends), size=1)]
+    return allowed[np.maximum(ends[:, None] + np.arange(1 - clip, 1)[None], 0)]
+
+
+def clips_per_pass(lengths: list[int], clip: int, window: float, every: bool) -> int:
+    """Training rows one pass makes from shots of these lengths."""
+    if not every:
+        return len(lengths)
+    return sum(max(len(window_frames(length, window)) - clip + 1, 1) for length in lengths)
+
+
 def training_rows(shots: pa.Table, root: str, offsets: np.ndarray, cam_size: int, cam_dtype: str,
-                  resize: int, crop: int, flip: bool, every_frame: bool, seed: int | None = None) -> dict:
-    """Shot rows -> {image (B,crop,crop,3) uint8, buffer (B,T,crop,crop) uint8, valid (B,T) bool, label}."""
+                  resize: int, crop: int, flip: bool, every_frame: bool, clip: int = 1, window: float = 1.0,
+                  seed: int | None = None) -> dict:
+    """Shot rows -> clip rows {image (B, T, crop, crop, 3) uint8, buffer (B, T, K, crop, crop) uint8,
+    valid (B, T, K) bool, label (B,)}, with T = clip and K = len(offsets)."""
     cv2.setNumThreads(1)
     rng = np.random.default_rng(seed)
     images, buffers, valids, labels = [], [], [], []
     for frame_ids, cams, label in zip(shots["frame_ids"].to_pylist(), shots["cams"].to_pylist(),
                                       shots["label"].to_pylist()):
         length = len(frame_ids)
-        chosen = np.arange(length) if every_frame else rng.integers(0, length, size=1)
-        indices, valid = buffer_indices(length, offsets, chosen)
         maps = decode_maps(cams, cam_size, cam_dtype)  # (length, s, s) in [0, 1]
-        for frame, frame_indices, frame_valid in zip(chosen, indices, valid):
-            image = read_frame(Path(root) / frame_ids[frame])
-            buffer = (maps[frame_indices] * 255).astype(np.uint8)
-            image, buffer = joint_crop_flip(image, buffer, resize, crop, flip, rng)
-            images.append(image)
-            buffers.append(buffer)
-            valids.append(frame_valid)
+        for frames in clip_frames(length, clip, window, every_frame, rng):
+            indices, valid = buffer_indices(length, offsets, frames)
+            clip_images, clip_buffers = [], []
+            for frame, frame_indices in zip(frames, indices):
+                image = read_frame(Path(root) / frame_ids[frame])
+                buffer = (maps[frame_indices] * 255).astype(np.uint8)
+                image, buffer = joint_crop_flip(image, buffer, resize, crop, flip, rng)
+                clip_images.append(image)
+                clip_buffers.append(buffer)
+            images.append(np.stack(clip_images))
+            buffers.append(np.stack(clip_buffers))
+            valids.append(valid)
             labels.append(label)
     order = rng.permutation(len(images))
     return {IMAGE: np.stack(images)[order], BUFFER: np.stack(buffers)[order],
             VALID: np.stack(valids)[order], LABEL: np.asarray(labels, np.int64)[order]}
-

@@ -107,8 +107,8 @@ def cam_dataset(rows: pa.Table, cfg: Config, input_cfg, predictor_cls, predictor
 
 
 def buffer_train_dataset(shots: pa.Table, cfg: Config, cam_size: int, cam_dtype: str) -> ray.data.Dataset:
-    """Stage-2 training rows (frame + neighbour CAM buffer, cropped and flipped together) from
-    shot rows (`buffers.shots_from_store`); each pass draws new frames, crops and order."""
+    """Stage-2 training rows (clips of frames, each with its neighbour CAM buffer, cropped and flipped
+    together) from shot rows (`buffers.shots_from_store`); each pass draws new clips, crops and order."""
     frames_per_shot = max(1, int(np.mean([len(f) for f in shots["frame_ids"].to_pylist()])))
     every_frame = cfg.input.sampling == "all"
     shots_per_task = max(1, cfg.input.decode_batch_size // (frames_per_shot if every_frame else 1))
@@ -120,5 +120,6 @@ def buffer_train_dataset(shots: pa.Table, cfg: Config, cam_size: int, cam_dtype:
         num_cpus=DECODE_CPUS,
         fn_kwargs=dict(root=cfg.dataset.root, offsets=neighbour_offsets(cfg.tcam.n, cfg.tcam.direction),
                        cam_size=cam_size, cam_dtype=cam_dtype, resize=cfg.input.resize_size,
-                       crop=cfg.input.crop_size, flip=cfg.input.flip, every_frame=every_frame),
+                       crop=cfg.input.crop_size, flip=cfg.input.flip, every_frame=every_frame,
+                       clip=cfg.tcam.clip, window=cfg.tcam.clip_window),
     )

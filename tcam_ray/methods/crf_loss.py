@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tcam_ray.ops.crf import dense_crf_energy
+from tcam_ray.ops.crf import dense_crf_energies, dense_crf_energy
 
 
 def bilateral_features(images: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:
@@ -84,15 +84,18 @@ class MultiFrameColourCRFLoss(nn.Module):
 
     forward(frames, probs): frames (N, T, 3, H, W) raw RGB in [0, 255], probs
     (N, T, K, H, W). Features are rgb/sigma_rgb only (no position), so pixels
-    of similar colour attract each other across frames. The energy is divided
-    by N, the number of clips.
+    of similar colour attract each other across frames. The loss is the mean
+    over the N clips of `weight * E_c`, or with `adaptive` (CoLo-CAM's
+    default, its "adaptive" lambda style) of `weight * E_c / |E_c|` with
+    |E_c| held constant: every clip weighs `weight` whatever its size or
+    contrast, and only the direction of its gradient is the energy's.
     """
 
-    def __init__(self, weight: float, sigma_rgb: float = 15.0, scale: float = 1.0):
+    def __init__(self, weight: float, sigma_rgb: float = 15.0, scale: float = 1.0, adaptive: bool = False):
         super().__init__()
         if not 0.0 < scale <= 1.0:
             raise ValueError(f"MultiFrameColourCRFLoss: scale must be in (0, 1], got {scale}")
-        self.weight, self.sigma_rgb, self.scale = weight, sigma_rgb, scale
+        self.weight, self.sigma_rgb, self.scale, self.adaptive = weight, sigma_rgb, scale, adaptive
 
     def forward(self, frames: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         _check_pair(frames, probs, 5, "MultiFrameColourCRFLoss")
@@ -101,4 +104,7 @@ class MultiFrameColourCRFLoss(nn.Module):
         frames = flat_frames.reshape(n, t, *flat_frames.shape[1:])
         probs = flat_probs.reshape(n, t, *flat_probs.shape[1:])
         clip_probs = probs.permute(0, 2, 1, 3, 4).flatten(2)  # (N, K, T*H*W), same point order as the features
-        return self.weight * dense_crf_energy(clip_probs, colour_features(frames, self.sigma_rgb))
+        energies = dense_crf_energies(clip_probs, colour_features(frames, self.sigma_rgb))
+        if self.adaptive:
+            energies = energies / energies.detach().abs().clamp_min(torch.finfo(energies.dtype).tiny)
+        return self.weight * energies.mean()

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tcam_ray.config import TcamConfig
-from tcam_ray.methods.crf_loss import DenseCRFLoss
+from tcam_ray.methods.crf_loss import DenseCRFLoss, MultiFrameColourCRFLoss
 
 BACKGROUND, FOREGROUND = 0, 1
 
@@ -250,7 +250,7 @@ def empty_outside_box_loss(probs: Tensor, boxes_mask: Tensor, elb: ExtendedLogBa
     return mass.mean() / (probs.shape[-2] * probs.shape[-1])
 
 
-LOSS_TERMS = ("self_learning", "crf", "max_size", "entropy", "size_band", "bg_larger", "outside_box")
+LOSS_TERMS = ("self_learning", "crf", "colour_crf", "max_size", "entropy", "size_band", "bg_larger", "outside_box")
 
 
 def enabled_terms(settings: Any) -> list[str]:
@@ -268,6 +268,8 @@ def tcam_loss(
     roi: Tensor | None = None,
     cam_fg_fraction: Tensor | None = None,
     boxes_mask: Tensor | None = None,
+    colour_crf: nn.Module | None = None,
+    clip: int = 1,
     ignore_index: int = -100,
 ) -> tuple[Tensor, dict[str, float]]:
     """The weighted sum of the enabled stage-2 losses -> (total, {term: weighted value, ..., "total": value}).
@@ -277,6 +279,9 @@ def tcam_loss(
     serves the optional terms. images: raw RGB in [0, 255] (B, 3, H, W) for
     the CRF. crf: a module forward(images, probs) -> weighted scalar, e.g.
     `DenseCRFLoss` (its weight applies inside it, as in the paper's code).
+    colour_crf: CoLo-CAM's term, a module forward(frames (N, T, 3, H, W),
+    probs (N, T, 2, H, W)) -> weighted scalar (`MultiFrameColourCRFLoss`);
+    the batch then holds N clips of `clip` consecutive frames each.
     settings: the config's `tcam` section (`TcamConfig`).
     The size band's target defaults to the ROI's area fraction
     (`cam_fg_fraction` overrides), the outside-box mask to the ROI's bounding
@@ -292,6 +297,11 @@ def tcam_loss(
     _require(s.self_learning, seeds, "seeds", "self_learning")
     _require(s.crf, images, "images", "crf")
     _require(s.crf, crf, "CRF module", "crf")
+    _require(s.colour_crf, colour_crf, "colour CRF module", "colour_crf")
+    _require(s.colour_crf, images, "images", "colour_crf")
+    if s.colour_crf and (clip < 2 or seg_logits.shape[0] % clip):
+        raise ValueError(f"tcam_loss: the colour CRF needs clips of 2 frames or more, got {seg_logits.shape[0]} "
+                         f"frames in clips of {clip}")
     _require(s.size_band, cam_fg_fraction, "cam_fg_fraction (or roi)", "size_band")
     _require(s.outside_box, boxes_mask, "boxes_mask (or roi)", "outside_box")
     with torch.autocast(device_type=seg_logits.device.type, enabled=False):
@@ -302,6 +312,8 @@ def tcam_loss(
             terms["self_learning"] = s.self_learning_weight * seed_loss(logits, seeds, ignore_index)
         if s.crf:
             terms["crf"] = _promote(crf(images, probs))
+        if s.colour_crf:
+            terms["colour_crf"] = _promote(colour_crf(images.unflatten(0, (-1, clip)), probs.unflatten(0, (-1, clip))))
         if s.max_size:
             terms["max_size"] = s.max_size_weight * max_size_loss(probs, elb)
         if s.entropy:
@@ -351,6 +363,8 @@ class TCAMLoss(nn.Module):
                 settings.crf_weight, settings.crf_sigma_rgb, settings.crf_sigma_xy, settings.crf_scale
             )
         self.crf = crf_loss
+        self.colour_crf = MultiFrameColourCRFLoss(settings.colour_crf_weight, settings.colour_crf_sigma_rgb,
+                                                  settings.colour_crf_scale, settings.colour_crf_adaptive)
 
     def step_epoch(self) -> float:
         """Call once per epoch: advances the ELB's t; returns it."""
@@ -360,7 +374,8 @@ class TCAMLoss(nn.Module):
         self, seg_logits: Tensor, seeds: Tensor | Any, images: Tensor | None, **optional: Tensor | None
     ) -> tuple[Tensor, dict[str, float]]:
         return tcam_loss(
-            seg_logits, seeds, images, self.crf, self.elb, self.settings, ignore_index=self.ignore_index, **optional
+            seg_logits, seeds, images, self.crf, self.elb, self.settings, colour_crf=self.colour_crf,
+            ignore_index=self.ignore_index, **optional
         )
 
 

@@ -101,9 +101,14 @@ def dense_crf_energy(probs: torch.Tensor, features: torch.Tensor) -> torch.Tenso
     code. Runs in float32 whatever the autocast state or input dtype; the
     gradient flows back in the dtype of `probs`.
     """
+    return dense_crf_energies(probs, features).mean()
+
+
+def dense_crf_energies(probs: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """(N,) the dense CRF energy -sum_k S_k^T W S_k of each item (see `dense_crf_energy`); gradient -2 W S."""
     _check_energy_inputs(probs, features)
     with torch.autocast(device_type=probs.device.type, enabled=False):
-        return _DenseCRFEnergy.apply(probs.float(), features.float())
+        return _DenseCRFEnergies.apply(probs.float(), features.float())
 
 
 def _check_energy_inputs(probs: torch.Tensor, features: torch.Tensor) -> None:
@@ -119,7 +124,7 @@ def _check_energy_inputs(probs: torch.Tensor, features: torch.Tensor) -> None:
             raise TypeError(f"dense_crf_energy: `{name}` must be a floating-point tensor, got {tensor.dtype}")
 
 
-class _DenseCRFEnergy(torch.autograd.Function):
+class _DenseCRFEnergies(torch.autograd.Function):
     @staticmethod
     def forward(ctx, probs, features):
         # W S is computed once here and reused by backward (no second filtering).
@@ -127,13 +132,13 @@ class _DenseCRFEnergy(torch.autograd.Function):
         if PAPER_OP_SCALE != 1.0:
             affinity_probs = affinity_probs * PAPER_OP_SCALE
         ctx.save_for_backward(affinity_probs)
-        return -(probs * affinity_probs).sum() / probs.shape[0]
+        return -(probs * affinity_probs).sum(dim=(1, 2))
 
     @staticmethod
-    def backward(ctx, grad_energy):
+    def backward(ctx, grad_energies):
         (affinity_probs,) = ctx.saved_tensors
-        # one pass over the (N, K, P) tensor: the scalar factor is formed first
-        return affinity_probs * (-2.0 * grad_energy / affinity_probs.shape[0]), None
+        # one pass over the (N, K, P) tensor: the per-item factors are formed first
+        return affinity_probs * (-2.0 * grad_energies)[:, None, None], None
 
 
 _registered = False

@@ -45,13 +45,14 @@ def frame_source(cfg: Config, index_table: pa.Table) -> LocalSource:
 
 
 def buffer_source(cfg: Config, shots: pa.Table, cam_size: int, cam_dtype: str) -> LocalSource:
-    """Stage 2 in-process: frames with their neighbour CAM buffers, built here."""
+    """Stage 2 in-process: clips of frames with their neighbour CAM buffers, built here."""
     offsets = neighbour_offsets(cfg.tcam.n, cfg.tcam.direction)
 
     def batches(rng: np.random.Generator):
         rows = training_rows(shots.take(rng.permutation(shots.num_rows)), cfg.dataset.root, offsets, cam_size,
                              cam_dtype, cfg.input.resize_size, cfg.input.crop_size, cfg.input.flip,
-                             every_frame=cfg.input.sampling == "all", seed=int(rng.integers(2**31)))
+                             every_frame=cfg.input.sampling == "all", clip=cfg.tcam.clip,
+                             window=cfg.tcam.clip_window, seed=int(rng.integers(2**31)))
         size = cfg.input.batch_size
         for start in range(0, len(rows[LABEL]) - size + 1, size):
             yield {name: values[start:start + size] for name, values in rows.items()}

@@ -28,6 +28,7 @@ from .context import LocalContext, buffer_source, frame_source
 from .loop import job_dict, runner_class, train_loop_per_worker
 from .metrics_log import MetricsLog
 from .runner import JobSpec
+from .stage2 import check_classifier, classifier_checkpoint
 
 LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
@@ -112,11 +113,13 @@ def prepare_run(cfg: Config, stage: str, index: FrameIndex | None = None
                 ) -> tuple[Config, Path, JobSpec, CamStore | None]:
     """The run folder with its config and frame index (`index`, or the dataset indexed now); for
     stage tcam the CAM store (read once, checked, returned) and the model section becomes the
-    stage-1 classifier's (the decoder sits on that encoder)."""
+    stage-1 classifier's (tcam.classifier: the decoder sits on that encoder)."""
     runner_class(stage)  # an unknown stage fails before anything is written
     store = read_cam_store(cfg) if stage == "tcam" else None
     if store is not None:
-        cfg = dataclasses.replace(cfg, model=checkpoint_config(Path(store.info.checkpoint)).model)
+        classifier = classifier_checkpoint(cfg.tcam, store)
+        check_classifier(classifier, store)
+        cfg = dataclasses.replace(cfg, model=checkpoint_config(classifier).model)
     run_dir = create_run_dir(cfg, f"train-{stage}")
     index_path = run_dir / "frame_index.parquet"
     index = index or index_dataset(cfg.dataset)
