@@ -116,7 +116,7 @@ def test_whole_cpu_workers_that_would_starve_decoding_are_refused(local_ray, dat
 @pytest.fixture(scope="module")
 def trained(dataset_root, tmp_path_factory):
     run_root = tmp_path_factory.mktemp("runs")
-    cfg = config(dataset_root, run_root)
+    cfg = config(dataset_root, run_root, "eval.cam_methods=[layercam]")
     return cfg, run_training(cfg)
 
 
@@ -125,9 +125,11 @@ def test_in_process_training_writes_the_run_folder(trained):
     records = [json.loads(l) for l in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["split"]) for r in records] == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
     assert all(0 <= r["corloc"] <= 100 for r in records if r["split"] == "val")
+    assert all(0 <= r["corloc_layercam"] <= 100 for r in records if r["split"] == "val")  # eval.cam_methods
     assert result.metrics["epoch"] == 2 and result.metrics["train_samples"] == SHOTS // 4 * 4
     folders = sorted(p.name for p in (result.run_dir / "checkpoints").iterdir())
-    assert folders == ["best-corloc", "best-top1", "epoch-0002"]  # keep_last=1 dropped epoch 1
+    # keep_last=1 dropped epoch 1; LayerCAM's best localiser is kept beside CAM's
+    assert folders == ["best-corloc", "best-corloc-layercam", "best-top1", "epoch-0002"]
     assert read_meta(result.last)["epoch"] == 2
     assert checkpoint_config(result.last) == cfg
     assert (result.run_dir / "config.yaml").exists() and (result.run_dir / "frame_index.parquet").exists()

@@ -174,6 +174,9 @@ class EvalConfig:
     thresholds: int = 100  # N map thresholds np.arange(0, 1, 1/N) swept for the best one
     iou_thresholds: list[int] = field(default_factory=lambda: [30, 50, 70])  # MaxBoxAccV2, in percent
     cam_target: Literal["true", "predicted"] = "true"  # whose class the map is drawn for
+    # Stage 1: CAM methods validated besides cam.method, each with its own best checkpoint
+    # (best-corloc-layercam, ...: CoLo-CAM's LayerCAM store from the best LayerCAM localiser).
+    cam_methods: list[Literal["cam", "gradcampp", "layercam"]] = field(default_factory=list)
 
 
 @dataclass

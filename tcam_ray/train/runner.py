@@ -40,6 +40,9 @@ class JobSpec:
         return Path(self.run_dir) / "metrics.jsonl"
 
 
+EXTRA_METHOD_KEYS = ("corloc", "maxboxacc_v2", "best_threshold")  # logged per extra map method
+
+
 class InjectedFailure(RuntimeError):
     """Raised once by train.fail_at_epoch, to exercise recovery."""
 
@@ -85,7 +88,7 @@ class Runner(ABC):
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.train.step_size, cfg.train.gamma)
         self.scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and cfg.train.amp)
         self.start_epoch = 1
-        self.best = {"corloc": -1.0, "top1": -1.0}
+        self.best = {"corloc": -1.0, "top1": -1.0, **{f"corloc_{method}": -1.0 for method in self.extra_map_methods()}}
         self.keeper = CheckpointKeeper(Path(job.run_dir), cfg.train.keep_last)
         self.log = MetricsLog(job.metrics_path)
         self.eval_targets = EvalTargets(split_rows(self.index.table, cfg.eval.split))
@@ -106,8 +109,14 @@ class Runner(ABC):
         """The loss of one batch and statistics summed over its samples (for the epoch's means)."""
 
     @abstractmethod
-    def maps_and_predictions(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Localization maps (B, H, W) in [0, 1] and predicted classes (B,)."""
+    def maps_and_predictions(self, images: torch.Tensor, labels: torch.Tensor,
+                             method: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Localization maps (B, H, W) in [0, 1] and predicted classes (B,); `method`: one of
+        `extra_map_methods` instead of the stage's own map."""
+
+    def extra_map_methods(self) -> list[str]:
+        """Other localization maps validated beside the stage's own, each with its best checkpoint."""
+        return []
 
     def extra_state(self) -> dict:
         return {}
@@ -159,7 +168,7 @@ class Runner(ABC):
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.load_extra_state(state.get("extra", {}))
-        self.best = state["best"]
+        self.best.update(state["best"])
         self.start_epoch = state["epoch"] + 1
         if self.is_chief:
             self.log.keep_until(state["epoch"])
@@ -206,19 +215,29 @@ class Runner(ABC):
                 "seconds": round(seconds, 3)}
 
     def validate(self) -> dict:
+        """The eval split's metrics of the stage's map; with extra map methods also their CorLoc,
+        MaxBoxAccV2 and best threshold as corloc_{method}, ... ."""
         self.core.eval()
-        evaluator = LocalizationEvaluator(len(self.classes), self.classes, self.cfg.eval.thresholds,
-                                          self.cfg.eval.iou_thresholds, protocol=self.cfg.eval.protocol)
+        methods = [None, *self.extra_map_methods()]
+        evaluators = {method: LocalizationEvaluator(len(self.classes), self.classes, self.cfg.eval.thresholds,
+                                                    self.cfg.eval.iou_thresholds, protocol=self.cfg.eval.protocol)
+                      for method in methods}
         for batch in self.ctx.eval_batches(self.cfg.eval.split):
             images = normalise(batch[IMAGE], self.cfg.input.mean, self.cfg.input.std)
-            maps, predictions = self.maps_and_predictions(images, batch[LABEL])
             boxes, sizes = self.eval_targets.lookup(batch[ROW])
-            evaluator.add(maps, boxes, sizes, batch[LABEL].cpu().numpy(), predictions.cpu().numpy())
-        return evaluator.result()
+            for method, evaluator in evaluators.items():
+                maps, predictions = self.maps_and_predictions(images, batch[LABEL], method)
+                evaluator.add(maps, boxes, sizes, batch[LABEL].cpu().numpy(), predictions.cpu().numpy())
+        result = evaluators[None].result()
+        for method in methods[1:]:
+            extra = evaluators[method].result()
+            result.update({f"{key}_{method}": extra[key] for key in EXTRA_METHOD_KEYS})
+        return result
 
     def end_epoch(self, epoch: int, train: dict, val: dict) -> dict:
         metrics = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}}
-        metrics.update({f"val_{k}": val[k] for k in ("corloc", "top1", "maxboxacc_v2") if k in val})
+        reported = ("corloc", "top1", "maxboxacc_v2", *(f"corloc_{m}" for m in self.extra_map_methods()))
+        metrics.update({f"val_{k}": val[k] for k in reported if k in val})
         folder = self.save(epoch, train, val) if self.is_chief else None
         self.ctx.report(metrics, folder)
         return metrics
@@ -231,13 +250,13 @@ class Runner(ABC):
         state = {"model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "extra": self.extra_state(), "epoch": epoch, "best": self.best}
-        meta = {"stage": self.stage, "epoch": epoch, "train": train, "val": {k: val.get(k) for k in ("corloc", "top1")},
+        meta = {"stage": self.stage, "epoch": epoch, "train": train, "val": {k: val.get(k) for k in self.best},
                 "classes": self.classes, "dataset_fingerprint": self.index.info.fingerprint,
                 "arch": self.cfg.model.arch}
         folder = self.keeper.save_epoch(epoch, state, meta, to_dict(self.cfg))
         for name, better in improved.items():
             if better:
-                self.keeper.save_best(name, folder)
+                self.keeper.save_best(name.replace("_", "-"), folder)
         self.log.append({"epoch": epoch, "split": "train", **train})
         if val:
             self.log.append({"epoch": epoch, "split": self.cfg.eval.split, **val})

@@ -34,7 +34,10 @@ class Stage1Runner(Runner):
         correct = (logits.argmax(1) == labels).sum().float()
         return F.cross_entropy(logits, labels), {"correct": correct}
 
-    def maps_and_predictions(self, images, labels):
+    def maps_and_predictions(self, images, labels, method=None):
         target = labels if self.cfg.eval.cam_target == "true" else None
-        out = compute_cam_output(self.core, images, target, self.cfg.cam.method)
+        out = compute_cam_output(self.core, images, target, method or self.cfg.cam.method)
         return out.maps, out.logits.argmax(1)
+
+    def extra_map_methods(self) -> list[str]:
+        return [method for method in self.cfg.eval.cam_methods if method != self.cfg.cam.method]

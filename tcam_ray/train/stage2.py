@@ -98,7 +98,7 @@ class Stage2Runner(Runner):
         stats["correct"] = (predicted == batch[LABEL][:, None]).float().mean(dim=1).sum()
         return total, stats
 
-    def maps_and_predictions(self, images, labels):
+    def maps_and_predictions(self, images, labels, method=None):
         with torch.no_grad():
             out = self.core(images)
         return foreground_map(out.seg_logits), out.cls_logits.argmax(1)
