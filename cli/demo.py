@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -16,15 +16,20 @@ def demo(
     config: ConfigOption = None,
     set_: SetOption = None,
     address: AddressOption = None,
+    seeds: Annotated[Optional[int], typer.Option(help="Run the chain this many times (train.seed, +1, ...) "
+                                                       "and report mean +- std (demo.seeds).")] = None,
 ):
     """The whole chain on the embedded local Ray (or the cluster at --address / RAY_ADDRESS): synthetic
-    dataset, stage 1, CAM store, stage 2 (TCAM) and its n ablation, evaluation on the test split, and
-    a report (report.json, summary.md, comparison.png). Re-running picks up finished steps from OUT. Knobs: the demo
-    section (epochs and learning rate per stage, the n values of the ablation) and all others."""
-    cfg = load_config(config, set_, **{"scale.address": address})
+    dataset, then per seed stage 1, the CAM and LayerCAM stores, TCAM (and its n ablation) and CoLo-CAM,
+    every method on the test split; a report of each method's CorLoc as mean +- std over seeds
+    (report.json, summary.md, comparison.png). Re-running picks up finished steps from OUT. Knobs: the
+    demo section (seeds, epochs and learning rate per stage, the n ablation, CoLo-CAM's settings) and all
+    others."""
+    cfg = load_config(config, set_, **{"scale.address": address, "demo.seeds": seeds})
     report = run_demo(cfg, out, say=typer.echo)
     typer.echo("")
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"report: {(out / 'report.json').resolve()}")
-    cam, tcam = report["stages"]["cam"]["corloc"], report["stages"]["tcam"]["corloc"]
-    typer.echo(f"CorLoc: CAM {cam:.1f}%  TCAM {tcam:.1f}%  ({tcam - cam:+.1f} points)")
+    cam, best = report["stages"]["cam"], report["stages"]["tcam"]
+    typer.echo(f"CorLoc: CAM {cam['corloc']:.1f} +- {cam['corloc_std']:.1f}%  {best['method']} {best['corloc']:.1f} "
+               f"+- {best['corloc_std']:.1f}%  ({best['corloc'] - cam['corloc']:+.1f} points)")

@@ -220,13 +220,20 @@ def from_dict(schema: type[T], data: dict, prefix: str = "", origin: str = "") -
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
             raise unknown_key_error(dotted, fields, origin)
-        values[key] = coerce(value, fields[key][0], dotted, origin)
+        field_type, field = fields[key]
+        if dataclasses.is_dataclass(field_type) and isinstance(value, dict):
+            value = deep_merge(to_dict(default_of(field)), value)  # a section's own defaults under its keys
+        values[key] = coerce(value, field_type, dotted, origin)
     try:
         return schema(**values)
     except ConfigError:
         raise
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config section '{prefix or '<top>'}'{origin}: {err}") from None
+
+
+def default_of(field: dataclasses.Field) -> Any:
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
 
 
 def to_dict(config: Any) -> dict:

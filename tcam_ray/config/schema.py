@@ -269,21 +269,32 @@ class TcamConfig:
                 require(value >= 0, f"tcam.{name}", f"must be >= 0, got {value}")
 
 
+def colocam_defaults() -> TcamConfig:
+    """CoLo-CAM's stage 2 (its code's command): clips of 2 frames from the central 60% of a shot, LayerCAM
+    seeds without temporal pooling (the store's maps), the largest ROI, 1000 + 1000 seeds, the colour CRF."""
+    return TcamConfig(classifier="best-top1", clip=2, clip_window=0.6, n=0, roi="largest", max_p=0.7, min_p=0.1,
+                      fg_seeds=1000, bg_seeds=1000, colour_crf=True)
+
+
 @dataclass
 class DemoConfig:
-    """`tcam-ray demo`: each stage's optimisation (the train section gives the rest) and the ablation."""
+    """`tcam-ray demo`: how often the chain runs, each stage's optimisation (the train section gives the
+    rest), the n ablation of TCAM, and the stage-2 settings of its CoLo-CAM run."""
 
+    seeds: int = 1  # the chain runs with train.seed, train.seed + 1, ... (the generated data stay the same)
     cam_epochs: int = 10
     cam_lr: float = 0.01
     tcam_epochs: int = 6
     tcam_lr: float = 0.01
     ablation: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # n values trained and compared
-    # Stage-1 checkpoint whose CAMs fill the store. The paper selects by val CorLoc; on the demo's
-    # few val frames an early, near-chance classifier can win that (seen), so top-1 is steadier.
-    cam_checkpoint: Literal["best-corloc", "best-top1"] = "best-top1"
+    colocam: TcamConfig = field(default_factory=colocam_defaults)  # the tcam section of the CoLo-CAM run
+    colocam_epochs: int = 6
+    colocam_lr: float = 0.01
 
     def __post_init__(self):
-        require(self.cam_epochs >= 1 and self.tcam_epochs >= 1, "demo.cam_epochs", "epochs must be at least 1")
+        require(self.seeds >= 1, "demo.seeds", "must be at least 1")
+        require(min(self.cam_epochs, self.tcam_epochs, self.colocam_epochs) >= 1, "demo.cam_epochs",
+                "epochs must be at least 1")
         require(all(n >= 0 for n in self.ablation), "demo.ablation", "n values must be >= 0")
 
 
