@@ -153,6 +153,9 @@ class ScaleConfig:
     num_workers: int = 1  # Ray Train workers (DDP: gloo on CPU, nccl on GPU)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    # torch threads of each training worker (default: its whole CPUs); more than the CPUs it reserves lets
+    # its convolutions use cores that the decode tasks leave idle most of the time
+    torch_threads: Optional[int] = None
     max_failures: int = 1  # a crashed worker group restarts from the last checkpoint this often
     # Local Ray only: CPUs it may use (default: all of the machine's).
     local_cpus: Optional[int] = None
@@ -160,6 +163,7 @@ class ScaleConfig:
     def __post_init__(self):
         require(self.num_workers >= 0, "scale.num_workers", "must be >= 0 (0 runs the loop in the driver)")
         require(self.cpus_per_worker > 0, "scale.cpus_per_worker", "must be positive")
+        require(self.torch_threads is None or self.torch_threads >= 1, "scale.torch_threads", "must be at least 1")
 
 
 @dataclass

@@ -31,7 +31,7 @@ def train_loop_per_worker(config: dict) -> dict:
     """{"cfg": the plain config dict, "job": JobSpec fields} -> the last epoch's metrics."""
     cfg = config_from_dict(config["cfg"])
     job = JobSpec(**config["job"])
-    torch.set_num_threads(max(1, int(cfg.scale.cpus_per_worker)))
+    torch.set_num_threads(cfg.scale.torch_threads or max(1, int(cfg.scale.cpus_per_worker)))
     index = FrameIndex.read(job.index_path)
     resume = Path(job.resume_from) if job.resume_from else None
     ctx = RayTrainContext(cfg, index.table, resume, TRAIN_DTYPES[job.stage])
