@@ -214,12 +214,17 @@ def summary_markdown(report: dict, cfg: Config) -> str:
     for name in methods["CAM"]["per_class_mean"]:
         lines.append(f"| {name} | " + " | ".join(f"{m['per_class_mean'].get(name, float('nan')):.1f}"
                                                  for m in methods.values()) + " |")
-    lines += ["", "Temporal pooling ablation (TCAM CorLoc by number of neighbour frames n):", "",
-              "| n | CorLoc |", "| ---: | ---: |"]
-    lines += [f"| {n} | {value:.1f} +- {report['ablation_n_std'][n]:.1f} |" for n, value in report["ablation_n"].items()]
-    steps = report["seconds_per_seed"][0]
-    lines += ["", f"Runtime of this run: {report['runtime_s']:.0f} s (steps reused from an earlier run cost nothing); first seed: "
-              + ", ".join(f"{step} {seconds:.0f} s" for step, seconds in steps.items()) + ".", "",
+    if len(report["ablation_n"]) > 1:
+        lines += ["", "Temporal pooling ablation (TCAM CorLoc by number of neighbour frames n):", "",
+                  "| n | CorLoc |", "| ---: | ---: |"]
+        lines += [f"| {n} | {value:.1f} +- {report['ablation_n_std'][n]:.1f} |"
+                  for n, value in report["ablation_n"].items()]
+    seed_seconds = [sum(steps.values()) for steps in report["seconds_per_seed"]]
+    slowest = report["seconds_per_seed"][seed_seconds.index(max(seed_seconds))]
+    lines += ["", f"Runtime of this run: {report['runtime_s']:.0f} s; per seed "
+              + ", ".join(f"{seconds:.0f} s" for seconds in seed_seconds)
+              + " (steps reused from an earlier run cost only their start); the slowest seed: "
+              + ", ".join(f"{step} {seconds:.0f} s" for step, seconds in slowest.items()) + ".", "",
               "Pictures: `comparison.png` (test frames of the first seed: frame + GT, then each method's map and "
               "box), `seed-*/*/curves.png` (training curves), `seed-*/eval-*/corloc_threshold.png`.", ""]
     return "\n".join(lines)

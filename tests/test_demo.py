@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tcam_ray.config import load, resolve_paths
-from tcam_ray.demo import run_demo
+from tcam_ray.demo import run_demo, summary_markdown
 
 from .conftest import TINY_RUN
 
@@ -38,6 +38,10 @@ def test_demo_reports_every_method_over_seeds(tmp_path, local_ray):
     assert on_disk["methods"]["CoLo-CAM"]["runs"] == methods["CoLo-CAM"]["runs"]
     summary_md = (tmp_path / "demo" / "summary.md").read_text()
     assert "| CoLo-CAM |" in summary_md and "+-" in summary_md
+    assert "Temporal pooling ablation" in summary_md
+    without_ablation = {**report, "ablation_n": {"1": report["ablation_n"]["1"]},
+                        "ablation_n_std": {"1": report["ablation_n_std"]["1"]}}
+    assert "Temporal pooling ablation" not in summary_markdown(without_ablation, cfg)
     assert (tmp_path / "demo" / "comparison.png").stat().st_size > 0
     assert (tmp_path / "demo" / "seed-1" / "colocam" / "checkpoints" / "best-corloc").is_dir()
     again = run_demo(cfg, tmp_path / "demo", say=lines.append)  # finished steps are reused
