@@ -150,6 +150,19 @@ def test_otsu_matches_the_per_frame_reference():
     assert pl.otsu_thresholds(levels).tolist() == [reference.reference_otsu(frame) for frame in levels.numpy()]
 
 
+def test_batches_past_the_narrow_bin_type_give_the_per_frame_results():
+    maps = smooth_maps(130, 16, coarse=4, seed=5)  # 130 frames: histogram bins past int16
+    levels = (maps * 255).round().to(torch.uint8)
+    for batch in (maps, levels):
+        roi = pl.roi_masks(batch, pl.otsu_thresholds(batch))
+        foreground, background = pl.seed_regions(batch, roi)
+        assert pl.otsu_thresholds(batch).tolist() == [reference.reference_otsu(f) for f in batch.numpy()]
+        for frame in (0, 64, 127, 129):
+            expected_fg, expected_bg = reference.reference_seed_regions(batch[frame].numpy(), roi[frame].numpy())
+            np.testing.assert_array_equal(foreground[frame].numpy(), expected_fg)
+            np.testing.assert_array_equal(background[frame].numpy(), expected_bg)
+
+
 def test_otsu_degenerate_maps():
     constant = torch.full((1, 8, 8), 0.4)
     zeros = torch.zeros(1, 8, 8)

@@ -140,17 +140,24 @@ def _unit(maps: Tensor) -> Tensor:
 
 
 def _bins(maps: Tensor) -> Tensor:
-    """(B, h * w) int32 histogram bin of every pixel: frame * 256 + floor(255 * map) (uint8: its level).
+    """(B, h * w) int16 (int32 past 127 frames) histogram bin of every pixel: frame * 256 + floor(255 * map)
+    (uint8: its level).
 
-    The frame offset lets one bincount make every frame's histogram; int32
-    keeps this, the largest working tensor, at the size of the map.
+    The frame offset lets one bincount make every frame's histogram. The
+    narrowest type that holds every bin and the spare one (`_histograms`)
+    keeps this, the largest working tensor, small: on the CPU adding the
+    offsets in int16 takes a tenth of the time it takes in int32.
     """
     frames = maps.shape[0]
-    offsets = _frame_offsets(frames, maps.device).to(torch.int32)[:, None]
+    offsets = _frame_offsets(frames, maps.device).to(_bin_dtype(frames))[:, None]
     if maps.dtype == torch.uint8:  # already the levels
-        return maps.reshape(frames, -1).to(torch.int32).add_(offsets)
+        return maps.reshape(frames, -1).to(offsets.dtype).add_(offsets)
     levels = (maps.reshape(frames, -1).float() * 255.0).floor_().clamp_(0.0, LEVELS - 1.0)
-    return levels.to(torch.int32).add_(offsets)
+    return levels.to(offsets.dtype).add_(offsets)
+
+
+def _bin_dtype(frames: int) -> torch.dtype:
+    return torch.int16 if (frames + 1) * LEVELS <= torch.iinfo(torch.int16).max + 1 else torch.int32
 
 
 def _frame_offsets(frames: int, device: torch.device) -> Tensor:
@@ -527,7 +534,7 @@ def _cut_pixel(values: Tensor, bins: Tensor, roi: Tensor | None, cut_level: Tens
     if values.dtype == torch.uint8:  # a quarter of the bytes of `bins`
         _levels_equal(values, cut_level.to(torch.uint8)[:, None], out=at_cut_frames)
     else:
-        torch.eq(bins, (cut_level + _frame_offsets(frames, device)).to(torch.int32)[:, None], out=at_cut_frames)
+        torch.eq(bins, (cut_level + _frame_offsets(frames, device)).to(bins.dtype)[:, None], out=at_cut_frames)
     if roi is not None:
         at_cut_frames &= roi
     listed = _nonzero_flat(at_cut)  # ascending: by frame, then index
