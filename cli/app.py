@@ -7,6 +7,7 @@ import typer
 
 from tcam_ray.config import ConfigError
 from tcam_ray.data import DatasetError
+from tcam_ray.train.checkpoints import CheckpointError
 
 from . import bench, cams, config_cmd, demo, doctor, evaluate, index, synth, train
 from . import ingest, localize
@@ -38,6 +39,6 @@ app.command()(tune.tune)
 def main() -> None:
     try:
         app()
-    except (CliError, ConfigError, DatasetError) as err:
+    except (CliError, ConfigError, DatasetError, CheckpointError) as err:
         stderr.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)

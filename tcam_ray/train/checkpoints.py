@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -45,30 +47,59 @@ def replace_folder(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, damaged or unsafe to load; the message names the file."""
+
+
 def read_meta(folder: Path) -> dict:
     path = Path(folder) / META_FILE
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{folder} is not a tcam-ray checkpoint (no {META_FILE})") from None
+        raise CheckpointError(f"{folder} is not a tcam-ray checkpoint (no {META_FILE})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: damaged, not JSON ({err})") from None
 
 
 def load_state(folder: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The state file's tensors and plain values. Never unpickles anything else: a checkpoint from a stranger
+    can not run code here."""
     path = Path(folder) / STATE_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{folder} is not a tcam-ray checkpoint (no {STATE_FILE})")
-    return torch.load(path, map_location=device, weights_only=False)
+        raise CheckpointError(f"{folder} is not a tcam-ray checkpoint (no {STATE_FILE})")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty (0 bytes): cut off while it was written or copied")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:  # bytes the safe unpickler does not read: no torch.save file of tensors
+            raise CheckpointError(f"{path}: truncated or damaged (not a torch.save file)") from None
+        raise CheckpointError(f"{path}: refused: it holds a Python object ({found.group(1)}) besides tensors and "
+                              "plain values, and loading that could run code (tcam-ray writes none). Load it only "
+                              "if you trust its source, and save its tensors again as plain dicts.") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        reason = str(err).split(". ")[0] or type(err).__name__
+        raise CheckpointError(f"{path}: truncated or damaged ({reason})") from None
 
 
 def checkpoint_config(folder: Path):
     """The typed config a checkpoint was trained with (keys retired since it was written are dropped)."""
     import yaml
 
-    data = yaml.safe_load((Path(folder) / CONFIG_FILE).read_text())
+    path = Path(folder) / CONFIG_FILE
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder} is not a tcam-ray checkpoint (no {CONFIG_FILE})") from None
+    except yaml.YAMLError as err:
+        raise CheckpointError(f"{path}: damaged, not YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: damaged, not a config mapping")
     try:
         return saved_config_from_dict(data)
     except ConfigError as err:
-        raise ConfigError(f"{folder / CONFIG_FILE}: {err}") from None
+        raise ConfigError(f"{path}: {err}") from None
 
 
 class CheckpointKeeper:
