@@ -7,7 +7,7 @@ import typer
 
 from tcam_ray.config import ConfigError
 from tcam_ray.data import DatasetError
-from tcam_ray.train.checkpoints import CheckpointError
+from tcam_ray.io import UnreadableFileError
 
 from . import bench, cams, config_cmd, demo, doctor, evaluate, index, synth, train
 from . import ingest, localize
@@ -39,6 +39,6 @@ app.command()(tune.tune)
 def main() -> None:
     try:
         app()
-    except (CliError, ConfigError, DatasetError, CheckpointError) as err:
+    except (CliError, ConfigError, DatasetError, UnreadableFileError) as err:
         stderr.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -1,5 +1,5 @@
-"""Checkpoint folders from elsewhere: a state file holding a pickle payload never runs, and damaged files
-are one error naming the file."""
+"""Checkpoints and weights from elsewhere: a torch file holding a pickle payload never runs, and damaged
+files are one error naming the file."""
 from __future__ import annotations
 
 import re
@@ -9,6 +9,8 @@ import torch
 
 from tcam_ray.bench.store import untrained_checkpoint
 from tcam_ray.config import load
+from tcam_ray.io import UnreadableFileError
+from tcam_ray.models.weights import read_state_dict
 from tcam_ray.train.checkpoints import CheckpointError, checkpoint_config, load_state, read_meta
 
 
@@ -39,11 +41,19 @@ def test_a_pickle_payload_in_the_state_file_is_refused_and_never_runs(checkpoint
     marker = tmp_path / "payload-ran"
     state_file = checkpoint / "state.pt"
     torch.save({"model": OpensAFile(marker)}, state_file)
-    with pytest.raises(CheckpointError, match=f"{state_file}: refused"):
+    with pytest.raises(UnreadableFileError, match=f"{state_file}: refused"):
         load_state(checkpoint)
     result = cli("localize", str(checkpoint), str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "out"))
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr and f"{state_file}: refused" in " ".join(result.stderr.split())
+    assert not marker.exists()
+
+
+def test_a_pickle_payload_in_a_weights_file_is_refused_and_never_runs(tmp_path):
+    marker, weights = tmp_path / "payload-ran", tmp_path / "encoder.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "hook": OpensAFile(marker)}, weights)
+    with pytest.raises(UnreadableFileError, match=re.escape(f"{weights}: refused: it holds a Python object")):
+        read_state_dict(weights)
     assert not marker.exists()
 
 
@@ -53,7 +63,7 @@ def test_a_damaged_state_file_is_one_error_naming_it(checkpoint, damage, message
     state_file = checkpoint / "state.pt"
     whole = state_file.read_bytes()
     state_file.write_bytes({"empty": b"", "truncated": whole[: len(whole) // 2], "text": b"not a checkpoint"}[damage])
-    with pytest.raises(CheckpointError, match=re.escape(f"{state_file}: {message}")):
+    with pytest.raises(UnreadableFileError, match=re.escape(f"{state_file}: {message}")):
         load_state(checkpoint)
 
 

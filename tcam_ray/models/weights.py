@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
+from ..io import load_tensors
+
 StateDict = dict[str, Tensor]
 
 # Wrapping keys under which training code commonly nests the state dict.
@@ -38,7 +40,7 @@ def read_state_dict(path: str | Path) -> StateDict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_tensors(path)
     return unwrap_state_dict(obj, source=str(path))
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, config_from_dict, dump_config, saved_config_from_dict
-from ..io import atomic_write_text
+from ..io import UnreadableFileError, atomic_write_text, load_tensors
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -47,7 +45,7 @@ def replace_folder(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UnreadableFileError):
     """A checkpoint folder that is missing, damaged or unsafe to load; the message names the file."""
 
 
@@ -67,20 +65,7 @@ def load_state(folder: Path, device: torch.device | str = "cpu") -> dict[str, An
     path = Path(folder) / STATE_FILE
     if not path.exists():
         raise CheckpointError(f"{folder} is not a tcam-ray checkpoint (no {STATE_FILE})")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty (0 bytes): cut off while it was written or copied")
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if found is None:  # bytes the safe unpickler does not read: no torch.save file of tensors
-            raise CheckpointError(f"{path}: truncated or damaged (not a torch.save file)") from None
-        raise CheckpointError(f"{path}: refused: it holds a Python object ({found.group(1)}) besides tensors and "
-                              "plain values, and loading that could run code (tcam-ray writes none). Load it only "
-                              "if you trust its source, and save its tensors again as plain dicts.") from None
-    except (RuntimeError, EOFError, OSError) as err:
-        reason = str(err).split(". ")[0] or type(err).__name__
-        raise CheckpointError(f"{path}: truncated or damaged ({reason})") from None
+    return load_tensors(path, device)
 
 
 def checkpoint_config(folder: Path):
