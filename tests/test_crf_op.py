@@ -11,6 +11,9 @@ Tolerances (measured, then given margin):
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,7 +22,16 @@ from tcam_ray.bench.crf import sample_frames, sample_probs
 from tcam_ray.methods.crf_loss import DenseCRFLoss, MultiFrameColourCRFLoss, bilateral_features, colour_features
 from tcam_ray.ops import OpBuildError, build_info, exact_dense_crf_energy, exact_gaussian_filter, permutohedral_filter
 from tcam_ray.ops import _loader
-from tcam_ray.ops.crf import LATTICE_TO_EXACT_5D, PAPER_OP_SCALE, dense_crf_energy
+from tcam_ray.ops import crf
+from tcam_ray.ops.crf import (
+    CPU_KEY_LIMIT,
+    LATTICE_TO_EXACT_5D,
+    PAPER_OP_SCALE,
+    _elevation_bound,
+    _elevation_scales,
+    _largest_elevated_coordinate,
+    dense_crf_energy,
+)
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device")
@@ -231,13 +243,94 @@ def test_non_contiguous_inputs():
         (torch.rand(2, 1, 100), torch.rand(2, 17, 100), r"`features` dimension D .* must be in \[1, 16\]"),
         (torch.rand(2, 1, 100).double(), torch.rand(2, 5, 100), r"`values` must be float32"),
         (torch.rand(2, 1, 100), torch.rand(2, 5, 100).half(), r"`features` must be float32"),
-        (torch.rand(1, 1, 10), torch.full((1, 5, 10), 1e5), r"`features` has non-finite values or values too large"),
+        (torch.rand(1, 1, 10), torch.full((1, 5, 10), 1e5), r"`features` has values too large for the lattice"),
         (torch.rand(1, 1, 10), torch.full((1, 5, 10), float("nan")), r"`features` has non-finite values"),
+        (torch.rand(1, 1, 10), torch.full((1, 5, 10), -float("inf")), r"`features` has non-finite values"),
     ],
 )
 def test_bad_inputs_name_the_argument(values, features, message):
     with pytest.raises(RuntimeError, match=message):
         permutohedral_filter(values, features)
+
+
+def features_at_the_key_limit(dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inside, outside): 40 ordinary points and one whose largest elevated coordinate is the last float32
+    below CPU_KEY_LIMIT (inside) or the next float32 up (outside); its only non-zero feature is the last one."""
+
+    def with_edge(value: torch.Tensor) -> torch.Tensor:
+        features = torch.randn(1, dim, 41, generator=torch.Generator().manual_seed(dim))
+        features[0, :, -1] = 0.0
+        features[0, -1, -1] = value
+        return features
+
+    def inside(value: torch.Tensor) -> bool:
+        return _largest_elevated_coordinate(with_edge(value)) < CPU_KEY_LIMIT
+
+    value = torch.tensor(CPU_KEY_LIMIT / (dim * _elevation_scales(dim)[-1]), dtype=torch.float32)
+    up, down = torch.tensor(float("inf")), torch.tensor(0.0)
+    while not inside(value):
+        value = torch.nextafter(value, down)
+    while inside(torch.nextafter(value, up)):
+        value = torch.nextafter(value, up)
+    return with_edge(value), with_edge(torch.nextafter(value, up))
+
+
+@pytest.mark.parametrize("dim", [1, 5, 16])
+def test_features_too_large_for_the_lattice_are_a_python_error(dim):
+    """Checked in Python before the op (a C++ exception aborts the process on some toolchains), exactly:
+    the next float32 down still runs, and the process goes on."""
+    inside, outside = features_at_the_key_limit(dim)
+    values = torch.rand(1, 2, inside.shape[2], generator=torch.Generator().manual_seed(0))
+    message = (
+        r"^permutohedral_filter: `features` has values too large for the lattice \(elevated lattice coordinates "
+        r"up to 30000, the limit is \+-30000\); divide the features by their standard deviations \(sigma\) "
+        r"before filtering$"
+    )
+    with pytest.raises(RuntimeError, match=message):
+        permutohedral_filter(values, outside)
+    assert torch.isfinite(permutohedral_filter(values, inside)).all()  # just inside: the op runs
+
+
+def test_the_compiled_op_draws_the_line_at_the_same_float(tmp_path):
+    """The compiled op (run apart: where its exception aborts, only that process dies) refuses the
+    first float32 that the Python check refuses and takes the last one it takes."""
+    inside, outside = features_at_the_key_limit(5)
+    values = torch.rand(1, 2, inside.shape[2])
+    permutohedral_filter(values[..., :1], inside[..., :1])  # loads the op
+    assert torch.isfinite(torch.ops.tcam_ray.permutohedral_filter(values, inside)).all()
+    torch.save((values, outside), tmp_path / "outside.pt")
+    script = (
+        "import sys, torch; from tcam_ray.ops import permutohedral_filter; "
+        "values, features = torch.load(sys.argv[1]); "
+        "permutohedral_filter(values[..., :1], features[..., :1]); "
+        "torch.ops.tcam_ray.permutohedral_filter(values, features)"
+    )
+    command = [sys.executable, "-c", script, str(tmp_path / "outside.pt")]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode != 0 and "values too large for the lattice" in result.stderr, result.stderr[-2000:]
+
+
+def test_lattice_check_is_exact_where_the_quick_bound_is_not():
+    """Per-dimension maxima on different points: the quick bound adds them past the limit, but every
+    elevated coordinate is 20000 and the op runs."""
+    scales = _elevation_scales(2)
+    features = torch.zeros(1, 2, 3)
+    features[0, 0, 0] = 20000.0 / scales[0]  # elevated (20000, -20000, 0)
+    features[0, 1, 1] = 10000.0 / scales[1]  # elevated (10000, 10000, -20000)
+    largest = features.abs().amax(dim=(0, 2)).tolist()
+    assert _elevation_bound(largest) >= CPU_KEY_LIMIT > _largest_elevated_coordinate(features)
+    assert torch.isfinite(permutohedral_filter(torch.rand(1, 1, 3), features)).all()
+
+
+def test_sensible_features_pass_on_the_quick_bound(natural_64, monkeypatch):
+    """The exact elevation (a pass per dimension) never runs for sigma-scaled features."""
+    _, probs, features = natural_64
+
+    def exact_elevation(_):
+        raise AssertionError("the exact elevation ran")
+
+    monkeypatch.setattr(crf, "_largest_elevated_coordinate", exact_elevation)
+    permutohedral_filter(probs, features * 100.0)  # even 100x the paper's features
 
 
 def test_python_checks_agree_with_the_compiled_op():
@@ -349,6 +442,23 @@ def test_cuda_loss_and_gradient(natural_64):
     value.backward()
     assert value.device.type == "cuda"
     assert cosine(leaf_gpu.grad.cpu(), leaf_cpu.grad) > 0.9999
+
+
+@needs_cuda
+def test_cuda_places_points_out_of_range_at_the_origin():
+    """CUDA cannot raise without a sync: a non-finite or too-large point goes to the origin, with no
+    out-of-bounds write (a partly out-of-range point used to index past locate_simplex's arrays)."""
+    generator = torch.Generator().manual_seed(6)
+    good = torch.randn(1, 5, 200, generator=generator) + 50.0  # far from the origin's simplices
+    bad = torch.tensor([[float("nan"), 10, 20, 30, 40], [3.5e8, 4.5e8, 0, 0, 0], [0, 0, 0, 0, 1e4]]).T[None]
+    features = torch.cat([good, bad], dim=2)
+    values = torch.rand(1, 2, 203, generator=generator)
+    with pytest.raises(RuntimeError, match="non-finite"):
+        permutohedral_filter(values, features)  # the CPU refuses them
+    out = permutohedral_filter(values.cuda(), features.cuda()).cpu()  # a bad write would fail here
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[..., 200:], out[..., 200:201].expand(-1, -1, 3))  # one place
+    torch.testing.assert_close(out[..., :200], permutohedral_filter(values[..., :200].cuda(), good.cuda()).cpu())
 
 
 def test_cli_doctor_and_bench_kinds(cli):

@@ -29,11 +29,15 @@ namespace crf {
 // Feature dimensions compiled in (D = 1 .. kMaxFeatureDim).
 constexpr int kMaxFeatureDim = 16;
 
-// Elevated coordinates must stay well inside the key range: 16-bit keys on
-// the CPU (keys and their blur neighbours are within 2(D+1) of the rounded
-// point), 32-bit keys on CUDA.
+// Limits on |elevated coordinate|. CPU: its wide keys are 16-bit (keys and
+// their blur neighbours are within 2(D+1) of the rounded point). CUDA: its
+// keys are 32-bit, but float32 rounding bounds it first: from about 1e7 the
+// rounded coordinates no longer sum to within D+1 of zero, the rank
+// correction in locate_simplex fails and u is indexed out of bounds. The
+// CPU's limit, far inside both, makes the backends accept the same features
+// (tcam_ray/ops/crf.py checks them in Python on the CPU).
 constexpr float kCpuKeyLimit = 30000.0f;
-constexpr float kCudaKeyLimit = 1.0e9f;
+constexpr float kCudaKeyLimit = kCpuKeyLimit;
 
 at::Tensor permutohedral_filter_cpu(const at::Tensor& values, const at::Tensor& features, bool reverse);
 #ifdef WITH_CUDA
@@ -70,8 +74,9 @@ inline float slice_alpha() {
 // Finds the simplex enclosing one point: its remainder-0 vertex, the rank of
 // each coordinate and the barycentric weights of its D+1 vertices. `feature`
 // points at coordinate 0, coordinate i is at feature[i * stride]. Returns
-// false when an elevated coordinate is non-finite or beyond key_limit (it is
-// then treated as 0, so the caller can report the error after the loop).
+// false when an elevated coordinate is non-finite or beyond key_limit; the
+// point is then placed at the origin, so that the caller can report the
+// error after the loop (or, on CUDA, go on without a sync).
 template <int D>
 TCAM_HD bool locate_simplex(const float* feature, int64_t stride, const ElevationScales<D>& scales,
                             float key_limit, int* rem0, int* rank, float* bary) {
@@ -84,15 +89,19 @@ TCAM_HD bool locate_simplex(const float* feature, int64_t stride, const Elevatio
   }
   elevated[0] = partial_sum;
 
+  // All coordinates or none: zeroing only some would take the point off the
+  // plane sum(x) = 0, and the rank correction below would then index u out
+  // of bounds.
   bool in_range = true;
+  for (int i = 0; i <= D; ++i) in_range &= fabsf(elevated[i]) < key_limit;  // false for NaN
+  if (!in_range) {
+    for (int i = 0; i <= D; ++i) elevated[i] = 0.f;
+  }
+
   const float down_factor = 1.0f / (D + 1);
   const float up_factor = static_cast<float>(D + 1);
   int sum = 0;
   for (int i = 0; i <= D; ++i) {
-    if (!(fabsf(elevated[i]) < key_limit)) {
-      in_range = false;
-      elevated[i] = 0.f;
-    }
     const float v = down_factor * elevated[i];
     const float up = ceilf(v) * up_factor;
     const float down = floorf(v) * up_factor;

@@ -253,7 +253,9 @@ struct SimplexBlock {
 // division), ranks are sums of pairwise comparisons, selects are bit masks,
 // and the by-rank gathers are select chains. Reads kBlock points: coordinate
 // i of point p at features[i * stride + p]. Returns false when a coordinate
-// was non-finite or beyond the key limit (it is then treated as 0).
+// was non-finite or beyond the key limit (it is then treated as 0; unlike
+// locate_simplex, the rest of the point is kept: the selects below cannot
+// index out of bounds, and the caller raises).
 template <int D>
 TCAM_CPU_CLONES bool locate_block(const float* __restrict__ features, int64_t stride,
                                   const ElevationScales<D>& scales, SimplexBlock<D>& b) {

@@ -78,7 +78,8 @@ __global__ void locate_kernel(const float* __restrict__ features, int64_t N, int
   int rem0[D + 1];
   int rank[D + 1];
   float bary[D + 1];
-  // Out-of-range coordinates are zeroed (reporting them would need a sync).
+  // A point out of range (non-finite, or beyond kCudaKeyLimit) is placed at
+  // the origin: reporting it would need a sync.
   locate_simplex<D>(features + n * D * P + p, P, scales, kCudaKeyLimit, rem0, rank, bary);
   for (int r = 0; r <= D; ++r) {
     const int64_t vertex = point * (D + 1) + r;

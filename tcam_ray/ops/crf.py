@@ -27,6 +27,9 @@ and this equivalence (tests/test_crf_op.py::test_paper_normalisation).
 """
 from __future__ import annotations
 
+import math
+import struct
+
 import torch
 
 from tcam_ray.ops import _loader
@@ -43,6 +46,12 @@ MAX_FEATURE_DIM = 16
 # Mean weight of an isolated point's own value in its output, D = 5 (exact: 1).
 SELF_WEIGHT_5D = 0.46
 
+# The CPU kernel's bound on |elevated lattice coordinate| (kCpuKeyLimit in csrc/crf/permutohedral.h).
+CPU_KEY_LIMIT = 30000.0
+# Relative error of the float32 elevation against exact arithmetic: at most D + 2 <= 18
+# roundings of 2^-24 (about 1.1e-6); the quick bound keeps ten times that as margin.
+_ELEVATION_ROUNDING = 1e-5
+
 
 def _op():
     _loader.load_extension()
@@ -54,11 +63,15 @@ def permutohedral_filter(values: torch.Tensor, features: torch.Tensor, reverse: 
     """Gaussian filtering of values (N, K, P) by features (N, D, P), 1 <= D <= 16; returns (N, K, P).
 
     Features are in units of their standard deviation (divide by sigma
-    first). One lattice is built per item and filters all K channels. float32
-    only (under autocast the op casts to float32); CPU or CUDA tensors, no
-    host copies. `reverse=True` applies the transposed filter (the blur
-    directions in reverse order), which is what its gradient uses; features
-    get no gradient.
+    first); they must be finite and small enough for the lattice (elevated
+    coordinates within +-CPU_KEY_LIMIT: |feature| below about 3000 for
+    D = 5). On the CPU other features raise RuntimeError; the CUDA kernel,
+    which cannot report them without a device sync, places their points at
+    the origin. One lattice is built per item and filters all K channels.
+    float32 only (under autocast the op casts to float32); CPU or CUDA
+    tensors, no host copies. `reverse=True` applies the transposed filter
+    (the blur directions in reverse order), which is what its gradient uses;
+    features get no gradient.
     """
     if not isinstance(values, torch.Tensor) or not isinstance(features, torch.Tensor):
         raise TypeError("permutohedral_filter: `values` and `features` must be torch.Tensor")
@@ -89,8 +102,64 @@ def _check_filter_inputs(values: torch.Tensor, features: torch.Tensor) -> None:
             fail(f"`{name}` must be float32, got {tensor.dtype}")
     if values.device != features.device:
         fail(f"`values` and `features` must be on one device, got {values.device} and {features.device}")
-    if features.device.type == "cpu" and features.numel() and not bool(torch.isfinite(features).all()):
+    if features.device.type == "cpu" and features.numel():
+        _check_cpu_features(features, fail)
+
+
+def _check_cpu_features(features: torch.Tensor, fail) -> None:
+    """Features must be finite, with every elevated coordinate within +-CPU_KEY_LIMIT (locate_block's test).
+
+    A bound from each dimension's largest |feature| clears sensible features in one pass; only
+    features that it cannot clear are elevated exactly. Not on CUDA: its kernel places such points
+    at the origin instead of failing, and raising here would cost a device sync per call.
+    """
+    features = features.detach()
+    # amax and amin (nan if any is nan) need no temporary: about 10x faster than isfinite().all()
+    largest = torch.maximum(features.amax(dim=(0, 2)), -features.amin(dim=(0, 2))).tolist()
+    if _elevation_bound(largest) < CPU_KEY_LIMIT * (1.0 - _ELEVATION_ROUNDING):
+        return
+    if not bool(torch.isfinite(features).all()):
         fail("`features` has non-finite values")
+    largest_elevated = _largest_elevated_coordinate(features)
+    if not largest_elevated < CPU_KEY_LIMIT:
+        fail(
+            f"`features` has values too large for the lattice (elevated lattice coordinates up to "
+            f"{largest_elevated:.6g}, the limit is +-{CPU_KEY_LIMIT:g}); divide the features by their "
+            "standard deviations (sigma) before filtering"
+        )
+
+
+def _elevation_scales(dim: int) -> list[float]:
+    """make_elevation_scales<D> (csrc/crf/permutohedral.h), with its float32 roundings."""
+    inv_std_dev = _float32(math.sqrt(2.0 / 3.0) * (dim + 1))
+    return [_float32(1.0 / math.sqrt((i + 2) * (i + 1)) * inv_std_dev) for i in range(dim)]
+
+
+def _float32(number: float) -> float:
+    return struct.unpack("f", struct.pack("f", number))[0]
+
+
+def _elevation_bound(largest_features: list[float]) -> float:
+    """Bound on |elevated coordinate| from each dimension's largest |feature| (exact arithmetic)."""
+    terms = [scale * largest for scale, largest in zip(_elevation_scales(len(largest_features)), largest_features)]
+    # coordinate 0 sums every term; coordinate j sums the terms above j and j times term j
+    bounds = [sum(terms)] + [sum(terms[j:]) + j * terms[j - 1] for j in range(1, len(terms) + 1)]
+    return max(bounds)
+
+
+def _largest_elevated_coordinate(features: torch.Tensor) -> float:
+    """max |elevated coordinate| with the kernel's float32 operations in its order (locate_block); nan, inf kept.
+
+    Each product is its own op: an `alpha` other than +-1 would fuse into an FMA and round differently.
+    """
+    scales = _elevation_scales(features.shape[1])
+    partial = torch.zeros_like(features[:, 0])
+    largest = torch.zeros((), dtype=features.dtype)
+    for j in range(features.shape[1], 0, -1):
+        scaled = features[:, j - 1] * scales[j - 1]
+        largest = torch.maximum(largest, (partial - scaled * float(j)).abs().amax())
+        partial += scaled
+    return float(torch.maximum(largest, partial.abs().amax()))
 
 
 def dense_crf_energy(probs: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
