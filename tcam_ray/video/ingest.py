@@ -4,10 +4,17 @@
     {root}/{class}/data/{video}/source.json      where the frames came from (file, fps, cuts, settings)
     {root}/metadata/class_id.yaml, {split}/image_ids.txt, class_labels.txt, image_sizes.txt
 
+- `{class}` is the video's tag: letters, digits, `_`, `-` and `.`, starting with a
+  letter or digit, at most 200 characters, and not `metadata` (in any case: that
+  is the metadata folder's name). Any other tag is an error for that video,
+  found before anything of it is written.
 - `{video}` is the file's name without its suffix, with characters other than
-  letters, digits, `_`, `-` and `.` replaced by `_`. A video of that name already
-  in the class is an error for that file (nothing is overwritten: rename the
-  file, or delete a folder left over from an interrupted run).
+  letters, digits, `_`, `-` and `.` replaced by `_`, and so are leading dots
+  (`..mp4` -> `_`, `...mp4` -> `__`, `.clip.mp4` -> `_clip`): a name is never
+  `.`, `..` or hidden like the staging folders below. Cut to 200 characters.
+  A video of that name already in the class is an error for that file (nothing
+  is overwritten: rename the file, or delete a folder left over from an
+  interrupted run).
 - Shots come from the scene-cut detector (scenes.py), run on every decoded
   frame; `video.fps` then keeps frames at that rate (the first frame always),
   `video.max_side` downscales large frames, `video.max_frames` stops early.
@@ -50,6 +57,13 @@ from .scenes import CutSettings, SceneCutDetector, shot_ranges
 
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
+LEADING_DOTS = re.compile(r"^\.+")
+METADATA_FOLDER = "metadata"
+# Compared in lower case: on a case-insensitive file system `Metadata` is that same folder.
+RESERVED_TAGS = {METADATA_FOLDER}
+# Names are ASCII, so characters are bytes: the staging folder ".{name}.partial-{pid}" of the
+# longest name stays under the usual 255-byte limit of a file name.
+MAX_NAME = 200
 HEADER_NAMES = ({"path", "video", "file"}, {"class", "tag", "label"}, {"split"})
 SOURCE_FILE = "source.json"
 LOCK_FILE = ".ingest.lock"
@@ -96,14 +110,22 @@ class IngestSummary:
 
 
 def tag_problem(tag: str) -> str | None:
-    if TAG_PATTERN.match(tag):
-        return None
-    return (f"malformed class name {tag!r}: it becomes a folder name, so use letters, digits, '_', '-' "
-            "and '.', starting with a letter or digit")
+    if not TAG_PATTERN.match(tag):
+        return (f"malformed class name {tag!r}: it becomes a folder name, so use letters, digits, '_', '-' "
+                "and '.', starting with a letter or digit")
+    if tag.lower() in RESERVED_TAGS:
+        return (f"reserved class name {tag!r}: the dataset's {METADATA_FOLDER}/ folder has that name, "
+                "so use another one")
+    if len(tag) > MAX_NAME:
+        return f"class name too long ({len(tag)} characters): it becomes a folder name, so use at most {MAX_NAME}"
+    return None
 
 
 def video_name(path: Path) -> str:
-    return UNSAFE_NAME_CHARS.sub("_", path.stem) or "video"
+    """The video's folder name (see the module docstring): never '.', '..', hidden or empty."""
+    name = UNSAFE_NAME_CHARS.sub("_", path.stem)
+    name = LEADING_DOTS.sub(lambda dots: "_" * len(dots.group()), name)
+    return name[:MAX_NAME] or "video"
 
 
 def is_header(cells: list[str]) -> bool:
@@ -162,7 +184,7 @@ class DatasetAppender:
 
     def __init__(self, root: str | Path, allow_new_classes: bool = True):
         self.root = Path(root)
-        self.metadata_dir = self.root / "metadata"
+        self.metadata_dir = self.root / METADATA_FOLDER
         self.allow_new_classes = allow_new_classes
         self.lock_handle = None
         self.metadata: DatasetMetadata | None = None
