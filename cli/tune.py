@@ -20,6 +20,10 @@ def tune(
     max_concurrent_trials: Annotated[Optional[int], typer.Option(
         help="Replace the sweep's max_concurrent_trials (default: as many trials as the cluster's CPUs/GPUs hold).")]
     = None,
+    trust_sweep_state: Annotated[bool, typer.Option(
+        "--trust-sweep-state", help="Only for a sweep you started yourself with a tcam-ray that did not mark its "
+        "sweeps: resume it although it has no owner marker, and mark it as yours. Its Tune state is pickled Python "
+        "that runs code when loaded: never use this for a sweep folder you received.")] = False,
 ):
     """Search a training's settings with Ray Tune and ASHA: every trial trains stage cam or tcam on Ray
     Train workers and reports val CorLoc (or the sweep's metric) each epoch; ASHA stops the trials
@@ -30,10 +34,15 @@ def tune(
     trials/, results.csv, best.yaml (the best trial's config, ready for `tcam-ray train`) and a plot
     of the metric per epoch. Running the same command with the same run.name resumes an interrupted
     sweep (Tuner.restore): errored and unfinished trials go on from their last checkpoint.
+
+    Only your own sweeps resume: Tune's state is pickled Python that could run code, so a new sweep is
+    marked with a key of yours ($TCAM_RAY_KEY_FILE, else ~/.config/tcam-ray/key, made on first use;
+    copy it to resume your sweeps on another machine), and a sweep folder without your mark is refused
+    before Ray starts. With run.storage on a URI the mark stays in the local sweep folder.
     """
     overrides = [*(set_ or []), *([f"scale.address={address}"] if address else [])]
     sweep = load_sweep(config, overrides, num_samples=num_samples, max_concurrent_trials=max_concurrent_trials)
-    result = run_sweep(sweep, say=typer.echo)
+    result = run_sweep(sweep, say=typer.echo, trust_sweep_state=trust_sweep_state)
     typer.echo("")
     typer.echo(result.table)
     typer.echo(f"\nresults: {result.csv}\nplot: {result.plot}")

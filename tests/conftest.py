@@ -3,12 +3,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 # Keep every Ray connection a test makes on loopback (see README).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Sweeps mark their folders with the user's key (tcam_ray/tune/trust.py): the tests, and the `tcam-ray`
+# processes they start, use a key of their own, never the home folder's.
+os.environ.setdefault("TCAM_RAY_KEY_FILE", os.path.join(tempfile.mkdtemp(prefix="tcam-ray-test-key-"), "key"))
 
 REPO = Path(__file__).resolve().parent.parent
 YTOV1_METADATA = REPO / "tcam_ray" / "data" / "metadata" / "YouTube-Objects-v1.0"

@@ -246,8 +246,9 @@ def test_asha_stops_the_trial_that_cannot_learn_and_an_interrupted_sweep_resumes
     """Two trials, one at a time so that the outcome does not depend on arrival order: lr 0.01
     first, which reports epochs 1 and 2 and then crashes (train.fail_at_epoch=3, no retries);
     then lr 1000, whose loss explodes: ASHA (grace 1, factor 2) stops it at its first rung,
-    before max_t. Running the same command again restores the Tune experiment and the crashed
-    trial goes on from its epoch-2 checkpoint to max_t. Ray's storage is a URI (file://)."""
+    before max_t. Running the same command again restores the Tune experiment (the first run marked
+    the sweep folder as this user's) and the crashed trial goes on from its epoch-2 checkpoint to
+    max_t. Ray's storage is a URI (file://): the marker stays in the local sweep folder."""
     store = (tmp_path / "store").as_uri()
     training = {**TINY_TRAINING, "dataset": {"root": str(tiny_dataset)},
                 "train": {"keep_last": 1, "fail_at_epoch": 3}, "scale": {**TINY_TRAINING["scale"], "max_failures": 0},
@@ -264,6 +265,12 @@ def test_asha_stops_the_trial_that_cannot_learn_and_an_interrupted_sweep_resumes
     assert (rows["0.01"]["status"], rows["0.01"]["epochs"]) == ("error", "2")
     assert (rows["1000.0"]["status"], rows["1000.0"]["epochs"]) == ("stopped early", "1")  # before max_t=3
     assert float(rows["1000.0"]["best_train_loss"]) > 100 * float(rows["0.01"]["best_train_loss"])
+    marker = sweep_dir / ".tcam-ray-owner.json"  # this user's sweep: the second run may resume it
+    mark = marker.read_bytes()
+    marker.unlink()  # without it, the same Tune state is refused before Ray starts
+    refused = cli("tune", "--config", str(sweep_file))
+    assert refused.returncode == 2 and f"{sweep_dir}: not resuming this sweep" in refused.stderr, refused.stderr
+    marker.write_bytes(mark)
 
     second = cli("tune", "--config", str(sweep_file))
     assert second.returncode == 0, second.stdout + second.stderr

@@ -3,6 +3,7 @@
 The sweep folder ({run.root}/{run.name}, default tune-{timestamp}):
 
     sweep.yaml, config.yaml    the sweep and the training config it started from
+    .tcam-ray-owner.json       the owner marker: this user's tcam-ray started the sweep (below)
     frame_index.parquet        the dataset, indexed once for every trial
     trials/{trial id}/         each trial's run folder (as `tcam-ray train` writes)
     ray/                       Ray's state (unless run.storage): tune/ (Tune's experiment, for
@@ -11,7 +12,12 @@ The sweep folder ({run.root}/{run.name}, default tune-{timestamp}):
 
 Running the same sweep into the same folder again restores the Tune experiment
 (`Tuner.restore(resume_errored=True)`): finished trials stay, errored and unfinished ones go on
-from their last checkpoint.
+from their last checkpoint. Tune's state is pickled Python, which runs code when loaded, so only a
+folder that this user's tcam-ray started resumes: a new sweep writes an owner marker,
+.tcam-ray-owner.json, and a folder whose Tune experiment holds anything must carry one that
+verifies under the user's key, else the sweep stops before Ray starts (trust.py; the marker stays
+in this folder when run.storage is a URI). `trust_sweep_state` (--trust-sweep-state) marks a sweep
+the user started before markers existed: only for sweeps you started.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ from ..data import index_dataset
 from ..io import atomic_write_text
 from ..runs import join_storage, ray_storage_path, upload_files
 from ..train.trainer import ray_session
-from . import results
+from . import results, trust
 from .resources import DRIVER_CPUS, TrialResources, max_concurrent_trials
 from .search_space import param_space
 from .sweep import Sweep
@@ -121,15 +127,19 @@ def new_tuner(sweep: Sweep, trainable, storage: str, concurrent: int):
                       run_config=run_config)
 
 
-def run_sweep(sweep: Sweep, say: Say = print) -> SweepResult:
-    """Run the sweep (resuming its folder's Tune experiment if there is one) and write its results."""
+def run_sweep(sweep: Sweep, say: Say = print, trust_sweep_state: bool = False) -> SweepResult:
+    """Run the sweep (resuming its folder's Tune experiment if there is one: only a sweep of this
+    user's, or any with `trust_sweep_state`) and write its results."""
     from ray import tune
 
     sweep_dir = sweep_folder(sweep)
-    prepare_sweep_folder(sweep, sweep_dir)
-    index_once(sweep, sweep_dir / INDEX_FILE)
     storage = ray_storage_path(sweep.base.run, sweep_dir)
     experiment = join_storage(storage, EXPERIMENT)
+    mark = trust.check_sweep_folder(sweep_dir, experiment, trust_sweep_state, say)
+    prepare_sweep_folder(sweep, sweep_dir)
+    if mark:
+        trust.mark_owner(sweep_dir)
+    index_once(sweep, sweep_dir / INDEX_FILE)
     need = TrialResources.of(sweep.base.scale)
     with ray_session(sweep.base.scale, dashboard=True):
         import ray
