@@ -1,18 +1,20 @@
 """`tcam-ray`: one verb per user job. Each verb is a thin call into the tcam_ray library."""
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import traceback
 
 import typer
 
-from tcam_ray.config import ConfigError
-from tcam_ray.data import DatasetError
-from tcam_ray.io import UnreadableFileError
+from tcam_ray.errors import InterruptedRunError, TcamRayError
+from tcam_ray.io import describe_os_error
 
-from . import bench, cams, config_cmd, demo, doctor, evaluate, index, synth, train
+from . import bench, cams, checkpoint, config_cmd, demo, doctor, evaluate, index, synth, train
 from . import ingest, localize
 from . import tune
-from .common import CliError, stderr
+from .common import stderr
 
 app = typer.Typer(
     name="tcam-ray",
@@ -22,6 +24,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+SHOW_TRACEBACKS = {"on": os.environ.get("TCAM_RAY_DEBUG", "") not in ("", "0")}
+
+
+@app.callback()
+def options(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error (also: "
+                                                               "TCAM_RAY_DEBUG=1).")) -> None:
+    SHOW_TRACEBACKS["on"] = SHOW_TRACEBACKS["on"] or debug
+
+
 app.command()(synth.synth)
 app.command()(index.index)
 app.command()(train.train)
@@ -34,11 +45,29 @@ app.command()(config_cmd.config)
 app.command()(ingest.ingest)
 app.command()(localize.localize)
 app.command()(tune.tune)
+app.add_typer(checkpoint.app, name="checkpoint")
 
 
 def main() -> None:
+    """`tcam-ray`: an error the user can act on is one line on stderr (the traceback with --debug), exit
+    code 2 (1: a training that failed after its retries; 130: interrupted by Ctrl-C or SIGTERM)."""
+    signal.signal(signal.SIGTERM, stop_as_if_interrupted)  # schedulers stop jobs with SIGTERM
     try:
         app()
-    except (CliError, ConfigError, DatasetError, UnreadableFileError) as err:
-        stderr.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    except KeyboardInterrupt:
+        fail(InterruptedRunError("interrupted"))
+    except TcamRayError as err:
+        fail(err)
+    except OSError as err:  # a file the library did not expect to fail (permissions, a full disk, ...)
+        fail(TcamRayError(f"{err.filename}: {describe_os_error(err)}" if err.filename else describe_os_error(err)))
+
+
+def stop_as_if_interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def fail(err: TcamRayError) -> None:
+    if SHOW_TRACEBACKS["on"]:
+        traceback.print_exc()
+    stderr.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    sys.exit(err.exit_code)

@@ -10,11 +10,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tcam_ray.config import Config, load, resolve_paths
+from tcam_ray.errors import TcamRayError
 
 stderr = Console(stderr=True)
 
 
-class CliError(Exception):
+class CliError(TcamRayError):
     """A mistake in how a verb was called; printed without a traceback, exit code 2."""
 
 ConfigOption = Annotated[
@@ -48,11 +49,22 @@ def load_config(config: Path | None, sets: list[str] | None, **flags) -> Config:
 
 @contextmanager
 def progress_bar(description: str, total: int | None = None) -> Iterator:
-    """Yields (advance(n), set_total(n)); draws on stderr."""
+    """Yields (advance(n), set_total(n)); draws on stderr from the first call of either, so that an
+    error found before any work (a bad file, a wrong key) is the only line printed."""
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=stderr, transient=False) as progress:
-        task = progress.add_task(description, total=total)
-        yield (lambda n=1: progress.advance(task, n)), (lambda n: progress.update(task, total=n))
+    progress = Progress(*columns, console=stderr, transient=False)
+    tasks = []
+
+    def task():
+        if not tasks:
+            progress.start()
+            tasks.append(progress.add_task(description, total=total))
+        return tasks[0]
+    try:
+        yield (lambda n=1: progress.advance(task(), n)), (lambda n: progress.update(task(), total=n))
+    finally:
+        if tasks:
+            progress.stop()
 
 
 def exit_if_any_failed(failures: list, total: int, where: str = "see above") -> None:

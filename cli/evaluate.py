@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tcam_ray.runs import create_run_dir
+from tcam_ray.runs import create_run_dir, run_folder
 from tcam_ray.train.evaluate import evaluate_checkpoint, summary_lines
 
 from .common import ConfigOption, SetOption, load_config
@@ -24,8 +24,9 @@ def evaluate(
     run folder.
     """
     cfg = load_config(config, set_, **{"eval.split": split})
-    run_dir = create_run_dir(cfg, "evaluate")
-    report = evaluate_checkpoint(checkpoint, cfg, cfg.eval.split, run_dir)
+    run_dir = run_folder(cfg, "evaluate")
+    report = evaluate_checkpoint(checkpoint, cfg, cfg.eval.split, run_dir)  # the folder is made once it has run
+    create_run_dir(cfg, "evaluate", run_dir)
     for line in summary_lines(report):
         typer.echo(line)
     typer.echo(f"report: {run_dir / 'report.json'}")

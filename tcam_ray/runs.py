@@ -5,16 +5,22 @@ import time
 from pathlib import Path
 
 from .config import Config, RunConfig, dump_config, is_uri
-from .io import atomic_write_text
+from .io import atomic_write_text, writing
 
 CONFIG_FILE = "config.yaml"
 
 
-def create_run_dir(cfg: Config, verb: str) -> Path:
-    """The run folder (created if needed) with the resolved config written into it."""
-    name = cfg.run.name or f"{verb}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.run.root) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
+def run_folder(cfg: Config, verb: str) -> Path:
+    """Where a run of `verb` writes: {run.root}/{run.name}, the name defaulting to {verb}-{timestamp}."""
+    return Path(cfg.run.root) / (cfg.run.name or f"{verb}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def create_run_dir(cfg: Config, verb: str, folder: Path | None = None) -> Path:
+    """The run folder (`folder`, or `run_folder`; created if needed) with the resolved config written
+    into it. Call it after the checks that can refuse the run: a refused run leaves no folder."""
+    run_dir = folder or run_folder(cfg, verb)
+    with writing(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg))
     return run_dir
 

@@ -42,6 +42,23 @@ def tiny_run_config(dataset_root, run_root, *overrides):
     return resolve_paths(load(overrides=base + list(overrides)))
 
 
+def tiny_synth():
+    """2 classes, 2 train videos a class of 2 shots of 8 frames, 48 px: the training tests' dataset."""
+    from tcam_ray.config import SynthConfig
+
+    return SynthConfig(classes=2, videos=2, val_videos=1, test_videos=1, shots=2, frames=8, size=48, eval_stride=2)
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+    """The tiny dataset (`tiny_synth`), generated once per test module."""
+    from tcam_ray.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    generate(tiny_synth(), root)
+    return root
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray for a test module (the trainer reuses it instead of starting its own)."""

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision
 
+from tcam_ray.errors import UnreadableFileError
 from tcam_ray.methods.cam import compute_cams
 from tcam_ray.models import (
     ENCODER_ARCHS,
@@ -70,7 +71,7 @@ def test_bad_pretrained_arguments(tmp_path):
         build_encoder("resnet18", pretrained="coco")
     with pytest.raises(ValueError, match="not both"):
         build_encoder("resnet18", pretrained="imagenet", weights=str(tmp_path / "w.pth"))
-    with pytest.raises(FileNotFoundError, match="w.pth"):
+    with pytest.raises(UnreadableFileError, match="w.pth: weights file not found"):
         build_encoder("resnet18", weights=str(tmp_path / "w.pth"))
 
 

@@ -19,19 +19,9 @@ from tcam_ray.train.trainer import check_cpu_budget, run_training
 
 from .conftest import tiny_run_config
 
-TINY = SynthConfig(classes=2, videos=2, val_videos=1, test_videos=1, shots=2, frames=8, size=48, eval_stride=2)
 SHOTS = 2 * 2 * 2
 FRAMES = SHOTS * 8
 BATCH_DTYPES = {"image": torch.uint8, "label": torch.int64, "row": torch.int64}
-
-
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny") / "data"
-    generate(TINY, root)
-    return root
-
-
 
 
 def config(dataset_root, run_root, *overrides):

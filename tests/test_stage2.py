@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 
-from tcam_ray.config import SynthConfig
 from tcam_ray.data import DatasetError
 from tcam_ray.data.buffers import (buffer_indices, clip_frames, joint_crop_flip, neighbour_offsets, shots_from_store,
                                    training_rows, window_frames)
@@ -21,16 +20,14 @@ from tcam_ray.train.checkpoints import load_state, read_meta
 from tcam_ray.train.evaluate import evaluate_checkpoint
 from tcam_ray.train.trainer import run_training
 
-from .conftest import tiny_run_config
+from .conftest import tiny_run_config, tiny_synth
 
-TINY = SynthConfig(classes=2, videos=2, val_videos=1, test_videos=1, shots=2, frames=8, size=48, eval_stride=2)
+TINY = tiny_synth()
 SHOTS, FRAMES_PER_SHOT = 8, 8
 
 
 def config(dataset_root, run_root, *overrides):
     return tiny_run_config(dataset_root, run_root, "train.epochs=1", "model.layer4_stride=1", *overrides)
-
-
 
 
 @pytest.fixture(scope="module")

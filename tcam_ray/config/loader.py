@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -23,11 +24,13 @@ from typing import Any, Iterable, Literal, Mapping, TypeVar, Union, get_args, ge
 
 import yaml
 
+from ..errors import TcamRayError
+
 T = TypeVar("T")
 BASE_KEY = "base"
 
 
-class ConfigError(ValueError):
+class ConfigError(TcamRayError, ValueError):
     """A config file, override or value that does not fit the schema."""
 
 
@@ -36,10 +39,14 @@ def read_yaml_mapping(path: Path) -> dict:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file, so not a YAML config") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -197,19 +204,40 @@ def coerce(value: Any, tp: Any, key: str, origin: str = "") -> Any:
             return value
         raise wrong()
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise wrong()
+        number = float_value(value)
+        if number is None:
+            raise wrong()
+        if not math.isfinite(number):
+            raise ConfigError(f"config key '{key}'{origin}: must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
         raise wrong()
     raise ConfigError(f"config key '{key}': unsupported annotation {tp!r} in the schema")
+
+
+def float_value(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return None
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) of every leaf that differs between two nested config dicts."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        dotted, before, after = f"{prefix}{key}", old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes += changed_keys(before, after, f"{dotted}.")
+        elif before != after:
+            changes.append((dotted, before, after))
+    return changes
 
 
 def from_dict(schema: type[T], data: dict, prefix: str = "", origin: str = "") -> T:
@@ -248,7 +276,7 @@ def parse_override(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
+        raise ConfigError(f"--set {text}: an override must look like section.key=value")
     return key, value
 
 

@@ -20,12 +20,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..io import temporary_sibling
+from .parquet_files import check_columns, info_fields, read_tcam_parquet
 from .layout import DatasetError
 
 STORE_FORMAT = "tcam-ray cam store"
 STORE_VERSION = 1
 METADATA_KEY = b"tcam_ray.cam_store"
 DTYPES = {"uint8": np.uint8, "float16": np.float16}
+MAX_SIZE = 32767  # the largest float16 maps whose bytes fit a fixed-size binary (int32 width)
 
 
 @dataclass(frozen=True)
@@ -44,10 +46,14 @@ class StoreInfo:
 
     @classmethod
     def from_json(cls, raw: bytes, source: str) -> "StoreInfo":
-        data = json.loads(raw)
-        if data.get("format") != STORE_FORMAT or data.get("version") != STORE_VERSION:
-            raise DatasetError([f"{source}: not a version-{STORE_VERSION} tcam-ray CAM store"])
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        info = cls(**info_fields(cls, raw, source, "CAM store", STORE_FORMAT, STORE_VERSION))
+        if info.dtype not in DTYPES:
+            raise DatasetError([f"{source}: damaged CAM store metadata (dtype is {info.dtype!r:.60}, "
+                                f"expected one of {', '.join(DTYPES)})"])
+        if not 1 <= info.size <= MAX_SIZE:
+            raise DatasetError([f"{source}: damaged CAM store metadata (size is {info.size}, "
+                                f"expected 1 to {MAX_SIZE} pixels)"])
+        return info
 
 
 def store_schema(info: StoreInfo) -> pa.Schema:
@@ -118,13 +124,12 @@ class CamStore:
         """Read a store; with `dataset_fingerprint` / `checkpoint` (its id), a store made for
         another dataset or another checkpoint is refused."""
         path = Path(path)
-        if not path.exists():
-            raise DatasetError([f"{path}: CAM store not found (make one with `tcam-ray cams`)"])
-        table = pq.read_table(path)
-        raw = (table.schema.metadata or {}).get(METADATA_KEY)
-        if raw is None:
-            raise DatasetError([f"{path}: Parquet file without tcam-ray CAM store metadata"])
-        store = cls(table, StoreInfo.from_json(raw, str(path)))
+        table, raw = read_tcam_parquet(path, "CAM store", METADATA_KEY, " (make one with `tcam-ray cams`)")
+        info = StoreInfo.from_json(raw, str(path))
+        schema = store_schema(info)
+        maps = f" for {info.size}x{info.size} {info.dtype} maps"
+        check_columns(table.schema, schema, path, "CAM store", notes={"cam": maps})
+        store = cls(table.select(schema.names), info)
         if dataset_fingerprint is not None:
             store.check_dataset(dataset_fingerprint, path)
         if checkpoint is not None:

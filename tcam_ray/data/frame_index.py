@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..io import temporary_sibling
 from .layout import BOXES_FILE, IDS_FILE, SIZES_FILE, DatasetError, DatasetMetadata, SplitMetadata
+from .parquet_files import check_columns, info_fields, read_tcam_parquet
 
 INDEX_FORMAT = "tcam-ray frame index"
 INDEX_VERSION = 1
@@ -60,10 +61,7 @@ class IndexInfo:
 
     @classmethod
     def from_json(cls, raw: bytes, source: str) -> "IndexInfo":
-        data = json.loads(raw)
-        if data.get("format") != INDEX_FORMAT or data.get("version") != INDEX_VERSION:
-            raise DatasetError([f"{source}: not a version-{INDEX_VERSION} tcam-ray frame index"])
-        return cls(**{k: data[k] for k in ("dataset", "root", "metadata", "classes", "fingerprint")})
+        return cls(**info_fields(cls, raw, source, "frame index", INDEX_FORMAT, INDEX_VERSION))
 
 
 @dataclass
@@ -90,16 +88,10 @@ class FrameIndex:
     @classmethod
     def read(cls, path: str | Path) -> "FrameIndex":
         path = Path(path)
-        if not path.exists():
-            raise DatasetError([f"{path}: frame index not found"])
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as err:
-            raise DatasetError([f"{path}: not a readable Parquet file: {err}"]) from None
-        raw = (table.schema.metadata or {}).get(METADATA_KEY)
-        if raw is None:
-            raise DatasetError([f"{path}: Parquet file without tcam-ray frame index metadata"])
+        table, raw = read_tcam_parquet(path, "frame index", METADATA_KEY)
         info = IndexInfo.from_json(raw, str(path))
+        check_columns(table.schema, INDEX_SCHEMA, path, "frame index")
+        table = table.select(INDEX_SCHEMA.names)
         return cls(table.cast(INDEX_SCHEMA.with_metadata(table.schema.metadata)), info)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from ..errors import TcamRayError
 from ..io import atomic_write_text
 
 SPLITS = ("train", "val", "test")
@@ -31,16 +32,22 @@ MAX_PROBLEMS_SHOWN = 20
 Box = tuple[float, float, float, float]
 
 
-class DatasetError(ValueError):
-    """One or more problems in a dataset, each naming its file (and line)."""
+class DatasetError(TcamRayError, ValueError):
+    """One or more problems in a dataset, each naming its file (and line): one line for one problem, a
+    list for several."""
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
+        if len(self.problems) == 1:
+            super().__init__(self.problems[0])
+            return
         shown = "\n".join(f"  {p}" for p in self.problems[:MAX_PROBLEMS_SHOWN])
         more = len(self.problems) - MAX_PROBLEMS_SHOWN
         tail = f"\n  ... and {more} more" if more > 0 else ""
-        noun = "problem" if len(self.problems) == 1 else "problems"
-        super().__init__(f"{len(self.problems)} {noun} in the dataset:\n{shown}{tail}")
+        super().__init__(f"{len(self.problems)} problems in the dataset:\n{shown}{tail}")
+
+    def __reduce__(self):  # crosses Ray processes whole (a decode task's error reaches the driver)
+        return type(self), (self.problems,)
 
 
 @dataclass

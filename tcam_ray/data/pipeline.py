@@ -27,10 +27,13 @@ DECODE_RESERVE_CPUS = 2 * DECODE_CPUS  # kept free for decoding beside training 
 def configure_ray_data() -> None:
     """Quiet, and no per-operator CPU reservation: our pipelines are one decode step (plus the
     CAM actors), and on small machines the reservation (half the CPUs per operator) ran the
-    decode tasks one at a time (seen: 900 -> 2000 frames/s on 2 CPUs without it)."""
+    decode tasks one at a time (seen: 900 -> 2000 frames/s on 2 CPUs without it). A decode task's
+    own error (a DatasetError naming the corrupt frame) reaches the consumer as itself, not as a
+    UserCodeException that keeps only its text."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.op_resource_reservation_enabled = False
+    context.raise_original_map_exception = True
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 

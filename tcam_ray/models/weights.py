@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
-from ..io import load_tensors
+from ..errors import TcamRayError
+from ..io import UnreadableFileError, load_tensors
 
 StateDict = dict[str, Tensor]
 
@@ -27,8 +28,8 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _MAX_KEYS_SHOWN = 12
 
 
-class WeightsMismatchError(RuntimeError):
-    """A state dict does not fit a module: names the missing, unexpected and mis-shaped keys."""
+class WeightsMismatchError(TcamRayError, RuntimeError):
+    """A state dict does not fit a module: names the missing, unexpected and mis-shaped keys (one line)."""
 
 
 class PretrainedUnavailableError(RuntimeError):
@@ -39,7 +40,7 @@ def read_state_dict(path: str | Path) -> StateDict:
     """Read a state dict from a file, unwrapping nesting and wrapper prefixes."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise UnreadableFileError(f"{path}: weights file not found")
     obj = load_tensors(path)
     return unwrap_state_dict(obj, source=str(path))
 
@@ -49,13 +50,13 @@ def unwrap_state_dict(obj: object, source: str = "<state dict>") -> StateDict:
     while isinstance(obj, Mapping) and not _is_tensor_mapping(obj):
         nested = next((obj[k] for k in _NESTING_KEYS if isinstance(obj.get(k), Mapping)), None)
         if nested is None:
-            raise ValueError(
+            raise UnreadableFileError(
                 f"{source}: no state dict found; top-level keys are {sorted(map(str, obj))[:_MAX_KEYS_SHOWN]}"
                 f" (expected tensors, or one of {list(_NESTING_KEYS)} holding them)"
             )
         obj = nested
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{source}: expected a state dict, got {type(obj).__name__}")
+        raise UnreadableFileError(f"{source}: expected a state dict, got {type(obj).__name__}")
     return {_strip_wrapper_prefixes(k): v for k, v in obj.items()}
 
 
@@ -87,13 +88,13 @@ def load_strict(module: nn.Module, state: StateDict, source: str) -> None:
         if state[k].shape != expected[k].shape
     )
     if missing or unexpected or mis_shaped:
-        parts = [f"weights from {source} do not fit {type(module).__name__}:"]
+        parts = [f"weights from {source} do not fit {type(module).__name__}"]
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mis_shaped)):
             if keys:
                 shown = ", ".join(keys[:_MAX_KEYS_SHOWN])
                 more = f", ... ({len(keys) - _MAX_KEYS_SHOWN} more)" if len(keys) > _MAX_KEYS_SHOWN else ""
-                parts.append(f"  {title} keys ({len(keys)}): {shown}{more}")
-        raise WeightsMismatchError("\n".join(parts))
+                parts.append(f"{title} keys ({len(keys)}): {shown}{more}")
+        raise WeightsMismatchError("; ".join(parts))
     module.load_state_dict(state, strict=True)
 
 

@@ -5,9 +5,10 @@ the checkpoint to restart from, and a way to report an epoch.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -91,8 +92,8 @@ class LocalContext:
             yield self.to_device(decode_batch(columns, self.cfg.dataset.root, False, self.cfg.input.resize_size,
                                               self.cfg.input.crop_size))
 
-    def restore_checkpoint(self) -> Path | None:
-        return self.restore_from
+    def restore_checkpoint(self) -> ContextManager[Path | None]:
+        return contextlib.nullcontext(self.restore_from)
 
     def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
         pass
@@ -124,6 +125,12 @@ class EarlyStart:
         yield from self.first
         if self.first:
             yield from self.iterator
+
+
+@contextlib.contextmanager
+def as_path(folder: ContextManager[str]) -> Iterator[Path]:
+    with folder as path:
+        yield Path(path)
 
 
 class RayTrainContext:
@@ -167,12 +174,13 @@ class RayTrainContext:
         return shard.iter_torch_batches(batch_size=self.cfg.input.batch_size, dtypes=EVAL_DTYPES,
                                         device=self.device)
 
-    def restore_checkpoint(self) -> Path | None:
-        """Ray's checkpoint after a worker restart; else the run's own last one (resume)."""
+    def restore_checkpoint(self) -> ContextManager[Path | None]:
+        """Ray's checkpoint after a worker restart (read in place from local storage; a temporary copy,
+        removed after the block, from a URI); else the run's own last one (resume)."""
         checkpoint = self._ray_train.get_checkpoint()
-        if checkpoint is not None:
-            return Path(checkpoint.to_directory())
-        return self.restore_from
+        if checkpoint is None:
+            return contextlib.nullcontext(self.restore_from)
+        return as_path(checkpoint.as_directory())
 
     def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
         checkpoint = None

@@ -17,7 +17,7 @@ import torch
 
 from .. import viz
 from ..config import Config
-from ..data import FrameIndex, index_dataset
+from ..data import DatasetError, FrameIndex, index_dataset
 from ..data.frames import IMAGE, LABEL, ROW
 from ..data.pipeline import split_rows
 from ..data.tensors import normalise
@@ -26,8 +26,9 @@ from ..evaluation.boxes import predict_boxes
 from ..io import atomic_write_text
 from ..methods.cam import compute_cam_output
 from ..models import build_classifier
+from ..models.weights import load_strict
 from ..models.tcam import build_tcam_model, foreground_map
-from .checkpoints import checkpoint_config, load_state, read_meta
+from .checkpoints import STATE_FILE, CheckpointError, checkpoint_config, load_state, read_meta
 from .context import LocalContext
 from .runner import EvalTargets
 
@@ -38,10 +39,12 @@ SUMMARY_KEYS = ("corloc", "maxboxacc_v2", "maxboxacc", "per_class", "top1", "bes
 def load_classifier(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict, Config]:
     """A stage-1 checkpoint's classifier (eval mode), its meta and its training config."""
     meta = read_meta(checkpoint)
+    if meta.get("stage", "cam") != "cam":
+        raise CheckpointError(f"{checkpoint} is a stage-{meta['stage']} checkpoint; this needs a stage-1 (cam) one")
     trained = checkpoint_config(checkpoint)
     model = build_classifier(trained.model.arch, len(meta["classes"]), layer4_stride=trained.model.layer4_stride,
                              layer3_stride=trained.model.layer3_stride)
-    model.load_state_dict(load_state(checkpoint, device)["model"])
+    load_strict(model, load_state(checkpoint, device)["model"], str(checkpoint / STATE_FILE))
     return model.to(device, memory_format=torch.channels_last).eval(), meta, trained  # as normalise() lays out images
 
 
@@ -55,7 +58,7 @@ def load_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module,
     trained = checkpoint_config(checkpoint)
     model = build_tcam_model(trained.model.arch, len(meta["classes"]), layer4_stride=trained.model.layer4_stride,
                              decoder_widths=trained.tcam.decoder_widths, layer3_stride=trained.model.layer3_stride)
-    model.load_state_dict(load_state(checkpoint, device)["model"])
+    load_strict(model, load_state(checkpoint, device)["model"], str(checkpoint / STATE_FILE))
     return model.to(device, memory_format=torch.channels_last).eval(), meta, trained
 
 
@@ -77,8 +80,8 @@ def load_predictor(checkpoint: Path, device: torch.device, cfg: Config) -> tuple
 
 def check_same_classes(meta: dict, index: FrameIndex, checkpoint: Path) -> None:
     if meta["classes"] != index.info.classes:
-        raise ValueError(f"{checkpoint} was trained on classes {meta['classes']} but the dataset at "
-                         f"{index.info.root} has {index.info.classes}")
+        raise DatasetError([f"{checkpoint} was trained on classes {meta['classes']} but the dataset at "
+                            f"{index.info.root} has {index.info.classes}"])
 
 
 def evaluate_checkpoint(checkpoint: str | Path, cfg: Config, split: str, out_dir: Path) -> dict:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 
-from ..config import config_from_dict
+from ..config import ConfigError, config_from_dict
 from ..data import FrameIndex
 from .context import TRAIN_DTYPES, RayTrainContext
+from .failures import user_error_in
 from .runner import JobSpec, Runner
 
 
@@ -24,11 +25,23 @@ def runner_class(stage: str) -> type[Runner]:
         from .stage2 import Stage2Runner
 
         return Stage2Runner
-    raise ValueError(f"unknown stage {stage!r}; available: {', '.join(STAGES)}")
+    raise ConfigError(f"unknown stage {stage!r}; available: {', '.join(STAGES)}")
 
 
 def train_loop_per_worker(config: dict) -> dict:
-    """{"cfg": the plain config dict, "job": JobSpec fields} -> the last epoch's metrics."""
+    """{"cfg": the plain config dict, "job": JobSpec fields} -> the last epoch's metrics. An error the user
+    must fix leaves the worker as itself (Ray's wrappers of a decode task's error dropped), so that the
+    controller can end the run on it (callbacks.StopOnUserError)."""
+    try:
+        return run_worker(config)
+    except Exception as error:
+        user_error = user_error_in(error)
+        if user_error is None or user_error is error:
+            raise
+        raise user_error from None
+
+
+def run_worker(config: dict) -> dict:
     cfg = config_from_dict(config["cfg"])
     job = JobSpec(**config["job"])
     torch.set_num_threads(cfg.scale.torch_threads or max(1, int(cfg.scale.cpus_per_worker)))

@@ -89,6 +89,7 @@ class Runner(ABC):
         self.scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and cfg.train.amp)
         self.start_epoch = 1
         self.best = {"corloc": -1.0, "top1": -1.0, **{f"corloc_{method}": -1.0 for method in self.extra_map_methods()}}
+        self.best_epochs: dict[str, int] = {}  # the epoch of each best-* checkpoint
         self.keeper = CheckpointKeeper(Path(job.run_dir), cfg.train.keep_last)
         self.log = MetricsLog(job.metrics_path)
         self.eval_targets = EvalTargets(split_rows(self.index.table, cfg.eval.split))
@@ -159,18 +160,23 @@ class Runner(ABC):
         return last
 
     def restore(self) -> None:
-        folder = self.ctx.restore_checkpoint()
-        if folder is None:
-            return
-        state = load_state(folder, self.ctx.device)
+        with self.ctx.restore_checkpoint() as folder:
+            if folder is None:
+                if self.is_chief:
+                    self.log.keep_until(0)  # lines of epochs no checkpoint kept are trained again
+                return
+            state = load_state(folder, self.ctx.device)
         self.core.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.load_extra_state(state.get("extra", {}))
         self.best.update(state["best"])
+        self.best_epochs.update(state.get("best_epochs", {}))
         self.start_epoch = state["epoch"] + 1
         if self.is_chief:
+            self.keeper.remove_leftovers()
+            self.keeper.restore_best(self.best_epochs)
             self.log.keep_until(state["epoch"])
 
     def maybe_fail(self, epoch: int) -> None:
@@ -243,21 +249,20 @@ class Runner(ABC):
         return metrics
 
     def save(self, epoch: int, train: dict, val: dict) -> Path:
-        improved = {name: val.get(name) is not None and val[name] > self.best[name] for name in self.best}
-        for name, better in improved.items():
-            if better:
-                self.best[name] = val[name]
+        """The epoch's metrics lines, then its checkpoint, then the best-* copies it improves: each step
+        on the disk before the next, so a crash anywhere loses nothing that a resume does not redo."""
+        improved = [name for name in self.best if val.get(name) is not None and val[name] > self.best[name]]
+        for name in improved:
+            self.best[name], self.best_epochs[name] = val[name], epoch
+        self.log.append({"epoch": epoch, "split": "train", **train},
+                        *([{"epoch": epoch, "split": self.cfg.eval.split, **val}] if val else []))
         state = {"model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                 "extra": self.extra_state(), "epoch": epoch, "best": self.best}
+                 "extra": self.extra_state(), "epoch": epoch, "best": self.best, "best_epochs": self.best_epochs}
         meta = {"stage": self.stage, "epoch": epoch, "train": train, "val": {k: val.get(k) for k in self.best},
                 "classes": self.classes, "dataset_fingerprint": self.index.info.fingerprint,
                 "arch": self.cfg.model.arch}
         folder = self.keeper.save_epoch(epoch, state, meta, to_dict(self.cfg))
-        for name, better in improved.items():
-            if better:
-                self.keeper.save_best(name.replace("_", "-"), folder)
-        self.log.append({"epoch": epoch, "split": "train", **train})
-        if val:
-            self.log.append({"epoch": epoch, "split": self.cfg.eval.split, **val})
+        for name in improved:
+            self.keeper.save_best(name, folder)
         return folder
