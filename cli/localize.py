@@ -49,6 +49,7 @@ def localize(
                                        "video.max_frames": max_frames, "scale.use_gpu": gpu,
                                        "scale.address": ray_address})
     use_ray = address is not None or bool(os.environ.get("RAY_ADDRESS"))
+    localizer = load_localizer(checkpoint, cfg, class_name)  # a bad checkpoint or class fails here, before Ray
     paths, input_errors = expand_inputs(videos)
     jobs = plan_jobs(paths, out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +64,7 @@ def localize(
                     advance(outcome.frames)
             summary = localize_on_ray(jobs, checkpoint, cfg, class_name, on_video=on_video_ray)
         else:
-            summary = localize_in_process(load_localizer(checkpoint, cfg, class_name), jobs, advance, show)
+            summary = localize_in_process(localizer, jobs, advance, show)
     summary.failures = input_errors + summary.failures
     write_summary(out, checkpoint, summary)
     report(summary, out)

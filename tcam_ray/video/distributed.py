@@ -15,6 +15,7 @@ import ray.data
 
 from ..config import Config, config_from_dict, to_dict
 from ..data.pipeline import configure_ray_data
+from ..train.failures import user_error_in
 from ..train.trainer import ray_session
 from .localize import LocalizedVideo, LocalizeJob, Localizer, LocalizeSummary, localize_one
 from .reader import VideoError
@@ -75,9 +76,12 @@ def localize_on_ray(jobs: list[LocalizeJob], checkpoint: str | Path, cfg: Config
             fn_constructor_kwargs=dict(checkpoint=str(Path(checkpoint).resolve()), cfg=to_dict(cfg),
                                        class_name=class_name),
         )
-        for row in results.iter_rows():
-            outcome = outcome_of(row)
-            summary.record(outcome)
-            if on_video:
-                on_video(outcome)
+        try:
+            for row in results.iter_rows():
+                outcome = outcome_of(row)
+                summary.record(outcome)
+                if on_video:
+                    on_video(outcome)
+        except Exception as error:  # an actor's own error (a checkpoint it cannot load) as itself
+            raise user_error_in(error) or error from None
     return summary
