@@ -24,6 +24,14 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd)
 
 
+def with_default_sigint() -> None:
+    """For a child process that a test interrupts as Ctrl-C would: a shell running the tests in the
+    background (CI) may have SIGINT ignored, which children inherit and Python then keeps."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -18,7 +18,7 @@ import pytest
 
 from tcam_ray.data import index_dataset
 
-from .conftest import tiny_run_config
+from .conftest import tiny_run_config, with_default_sigint
 
 TCAM_RAY = str(Path(sys.executable).with_name("tcam-ray"))
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -180,7 +180,8 @@ def test_two_workers_on_their_own_local_ray_survive_a_killed_worker(foreign_ray_
 
 def test_ctrl_c_on_ray_then_retries_exhausted_say_how_to_resume(dataset_root, tmp_path):
     command = train_command(dataset_root, tmp_path, "train.epochs=30", "scale.max_failures=0")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=with_default_sigint)
     run_dir = tmp_path / "run"
     wait_for(lambda: (run_dir / "checkpoints" / "epoch-0001" / "meta.json").exists() or process.poll() is not None,
              what="epoch 1's checkpoint")

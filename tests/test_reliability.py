@@ -22,7 +22,7 @@ from tcam_ray.train.checkpoints import check_checkpoint, read_meta
 from tcam_ray.train.resume import check_resume
 from tcam_ray.train.trainer import run_training
 
-from .conftest import REPO, tiny_run_config
+from .conftest import REPO, tiny_run_config, with_default_sigint
 
 
 def config(dataset_root, run_root, *overrides):
@@ -185,7 +185,8 @@ def test_ctrl_c_says_how_to_resume(dataset_root, tmp_path):
                  "input.resize_size=40", "input.batch_size=4", "scale.num_workers=0", "train.epochs=50",
                  "input.sampling=all", "eval.thresholds=20"]
     process = subprocess.Popen([tcam_ray, "train", *[part for key in overrides for part in ("--set", key)]],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=with_default_sigint)
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (metrics.exists() and '"split": "val"' in metrics.read_text()):
