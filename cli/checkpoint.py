@@ -15,11 +15,12 @@ def verify(
                                                   show_default=False)],
 ):
     """Check that each checkpoint is whole and safe to load: meta.json and config.yaml parse, state.pt has the size and SHA-256 meta.json records and holds only tensors and plain values (nothing is unpickled)."""
-    from tcam_ray.train.checkpoints import check_checkpoint, load_state
+    from tcam_ray.train.checkpoints import checkpoint_config, load_state, read_meta
 
     for folder in folders:
-        meta = check_checkpoint(folder)
-        load_state(folder)
+        load_state(folder)  # reads meta.json, checks the size and hash of state.pt, unpickles nothing
+        meta = read_meta(folder)
+        checkpoint_config(folder)
         typer.echo(f"ok {folder}: stage {meta.get('stage')}, epoch {meta.get('epoch')}, "
                    f"classes {', '.join(meta.get('classes', []))}")
 

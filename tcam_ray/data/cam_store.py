@@ -10,7 +10,6 @@ checkpoint is an error.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io import temporary_sibling
+from ..io import file_sha256, temporary_sibling
 from .parquet_files import check_columns, info_fields, read_tcam_parquet
 from .layout import DatasetError
 
@@ -65,11 +64,7 @@ def store_schema(info: StoreInfo) -> pa.Schema:
 
 
 def checkpoint_id(checkpoint_state_file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(checkpoint_state_file, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return file_sha256(checkpoint_state_file)[:16]
 
 
 def encode_maps(maps: np.ndarray, dtype: str) -> list[bytes]:

@@ -228,12 +228,7 @@ class CheckpointKeeper:
     def resume_point(self) -> ResumePoint:
         """The newest whole checkpoint, epoch or best (a best is a whole checkpoint of an earlier epoch:
         with keep_last=1 it is the only one older than the last); damaged ones are passed over."""
-        candidates = []
-        for folder in [*self.epoch_folders(), *self.best_folders()]:
-            try:
-                candidates.append((int(json.loads((folder / META_FILE).read_text())["epoch"]), folder))
-            except (OSError, ValueError, KeyError, TypeError):
-                candidates.append((-1, folder))
+        candidates = [(recorded_epoch(folder) or -1, folder) for folder in [*self.epoch_folders(), *self.best_folders()]]
         skipped = []
         for epoch, folder in sorted(candidates, key=lambda c: (c[0], c[1].name.startswith(EPOCH_PREFIX)),
                                     reverse=True):
@@ -267,13 +262,14 @@ class CheckpointKeeper:
         for name, epoch in best_epochs.items():
             target = self.best_folder(name)
             source = self.folder / f"{EPOCH_PREFIX}{epoch:04d}"
-            if best_epoch_of(target) != epoch and (source / META_FILE).exists():
+            if recorded_epoch(target) != epoch and (source / META_FILE).exists():
                 self.save_best(name, source)
                 restored.append(target.name)
         return restored
 
 
-def best_epoch_of(folder: Path) -> int | None:
+def recorded_epoch(folder: Path) -> int | None:
+    """The epoch a checkpoint folder's meta.json says, or None where it cannot be read."""
     try:
         return int(json.loads((folder / META_FILE).read_text())["epoch"])
     except (OSError, ValueError, KeyError, TypeError):

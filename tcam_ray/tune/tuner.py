@@ -29,6 +29,7 @@ from typing import Callable
 import yaml
 
 from ..config import ConfigError, is_uri, to_dict
+from ..config.loader import changed_keys
 from ..data import index_dataset
 from ..io import atomic_write_text
 from ..runs import join_storage, ray_storage_path, upload_files
@@ -80,16 +81,13 @@ def prepare_sweep_folder(sweep: Sweep, sweep_dir: Path) -> None:
         atomic_write_text(sweep_dir / name, yaml.safe_dump(data, sort_keys=False))
 
 
-def check_same(stored: dict, wanted: dict, path: Path, prefix: str = "") -> None:
+def check_same(stored: dict, wanted: dict, path: Path) -> None:
     """A sweep resumes only with the settings it started with (Tune cannot change a space midway)."""
-    for key in sorted(set(stored) | set(wanted)):
-        dotted = f"{prefix}{key}"
-        old, new = stored.get(key), wanted.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            check_same(old, new, path, f"{dotted}.")
-        elif old != new:
-            raise ConfigError(f"{path.parent} holds a sweep started with {dotted}={old!r} (in {path}), not {new!r}: "
-                              "resume it with the same sweep file and --set values, or choose another run.name")
+    changes = changed_keys(stored, wanted)
+    if changes:
+        dotted, old, new = changes[0]
+        raise ConfigError(f"{path.parent} holds a sweep started with {dotted}={old!r} (in {path}), not {new!r}: "
+                          "resume it with the same sweep file and --set values, or choose another run.name")
 
 
 def index_once(sweep: Sweep, path: Path) -> None:
