@@ -167,7 +167,6 @@ PACKAGE_DIR = {"tcam_ray.cli": "cli"}
 setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={"tcam_ray": ["py.typed"], "tcam_ray.data": ["metadata/*/*.yaml", "metadata/*/*/*.txt"]},
     ext_modules=get_extensions(),
     cmdclass=cmdclass(),
 )

@@ -11,9 +11,12 @@ import typer
 from tcam_ray.errors import InterruptedRunError, TcamRayError
 from tcam_ray.io import describe_os_error
 
-from . import bench, cams, checkpoint, config_cmd, demo, doctor, evaluate, index, synth, train
-from . import ingest, localize
-from . import tune
+# Verb modules are cheap to import: typer, tcam_ray.config and .common at their top, everything heavy (torch,
+# Ray, cv2, the library's training and video code) inside the verb function, so that `tcam-ray --help` and the
+# quick verbs start in a fraction of a second (tests/test_imports.py). A new verb: a module cli/NAME.py with a
+# function NAME whose docstring paragraphs are one line each, imported here and registered below with
+# app.command()(NAME.NAME).
+from . import bench, cams, checkpoint, config_cmd, demo, doctor, evaluate, export, index, ingest, localize, synth, train, tune
 from .common import stderr
 
 app = typer.Typer(
@@ -24,13 +27,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-SHOW_TRACEBACKS = {"on": os.environ.get("TCAM_RAY_DEBUG", "") not in ("", "0")}
+SHOW_TRACEBACKS = {"on": False}
+
+
+def debug_from_environment() -> bool:
+    return os.environ.get("TCAM_RAY_DEBUG", "") not in ("", "0")
 
 
 @app.callback()
 def options(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error (also: "
                                                                "TCAM_RAY_DEBUG=1).")) -> None:
-    SHOW_TRACEBACKS["on"] = SHOW_TRACEBACKS["on"] or debug
+    SHOW_TRACEBACKS["on"] = debug or debug_from_environment()
 
 
 app.command()(synth.synth)
@@ -44,6 +51,7 @@ app.command()(doctor.doctor)
 app.command()(config_cmd.config)
 app.command()(ingest.ingest)
 app.command()(localize.localize)
+app.command()(export.export)
 app.command()(tune.tune)
 app.add_typer(checkpoint.app, name="checkpoint")
 
@@ -52,6 +60,7 @@ def main() -> None:
     """`tcam-ray`: an error the user can act on is one line on stderr (the traceback with --debug), exit
     code 2 (1: a training that failed after its retries; 130: interrupted by Ctrl-C or SIGTERM)."""
     signal.signal(signal.SIGTERM, stop_as_if_interrupted)  # schedulers stop jobs with SIGTERM
+    SHOW_TRACEBACKS["on"] = debug_from_environment()  # until the --debug option is read
     try:
         app()
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -41,26 +42,36 @@ def seeds_cases(cfg: Config, repeats: int, threads: Optional[int]):
     return run_seeds_bench(repeats)
 
 
-BENCHES = {"crf": crf_cases, "data": data_cases, "train": train_cases, "store": store_cases, "seeds": seeds_cases}
+def track_cases(cfg: Config, checkpoint: Optional[Path], split: str):
+    from tcam_ray.bench.track import run_track_bench
+
+    if checkpoint is None:
+        raise CliError("bench track needs --checkpoint CKPT (a checkpoint folder of either stage)")
+    if not checkpoint.is_dir():
+        raise CliError(f"--checkpoint {checkpoint}: no such checkpoint folder")
+    return run_track_bench(cfg, checkpoint, split)
+
+
+BENCHES = {"crf": crf_cases, "data": data_cases, "train": train_cases, "store": store_cases, "seeds": seeds_cases,
+           "track": track_cases}
 
 
 def bench(
     kind: Annotated[str, typer.Argument(help=f"What to measure: one of {', '.join(BENCHES)}.")],
     repeats: Annotated[int, typer.Option(help="Timed calls (crf) or passes/epochs (data, train) per case.")] = 3,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for crf (default: torch's).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="track: the checkpoint to localize with.")] = None,
+    split: Annotated[str, typer.Option(help="track: the split whose shots are localized.")] = "test",
     config: ConfigOption = None,
     set_: SetOption = None,
 ):
-    """Benchmark KIND against its baseline measured in the same run; prints DESIGN.md's JSON lines.
+    """Benchmark KIND against its baseline measured in the same run; prints one JSON line per case.
 
-    crf: CRF loss forward+backward vs the reference's per-channel strategy. data: Ray Data
-    pipeline vs a torch DataLoader. train: one-worker Ray Train step throughput vs the same
-    loop in-process. store: CAM store bytes per frame vs one float32 full-size map per frame.
-    seeds: the batched stage-2 pseudo-label step vs a per-frame NumPy/OpenCV reference.
-    data/train/store run on the config's dataset, or generate the synthetic one when it is absent.
+    crf: CRF loss forward+backward vs the reference's per-channel strategy. data: Ray Data pipeline vs a torch DataLoader. train: one-worker Ray Train step throughput vs the same loop in-process. store: CAM store bytes per frame vs one float32 full-size map per frame. seeds: the batched stage-2 pseudo-label step vs a per-frame NumPy/OpenCV reference. track: a checkpoint's boxes along each shot of --split, smoothed (video.smooth) vs each frame's own box: CorLoc at its threshold and frame-to-frame jitter, with and without video.min_presence. data/train/store run on the config's dataset, or generate the synthetic one when it is absent.
     """
     if kind not in BENCHES:
         raise CliError(f"unknown bench kind {kind!r}; known kinds: {', '.join(BENCHES)}")
     cfg = load_config(config, set_)
-    for record in BENCHES[kind](cfg, repeats, threads):
+    cases = track_cases(cfg, checkpoint, split) if kind == "track" else BENCHES[kind](cfg, repeats, threads)
+    for record in cases:
         print(json.dumps(record), flush=True)

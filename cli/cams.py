@@ -5,10 +5,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from tcam_ray.data import index_dataset
-from tcam_ray.runs import create_run_dir, run_folder
-from tcam_ray.train.cams import fill_cam_store
-
 from .common import AddressOption, ConfigOption, SetOption, load_config, progress_bar
 
 
@@ -19,8 +15,11 @@ def cams(
     set_: SetOption = None,
     address: AddressOption = None,
 ):
-    """Compute the CAMs of every training frame (cam.method: cam, gradcampp, layercam) on a Ray Data
-    actor pool and write the CAM store (Parquet), tagged with the dataset and checkpoint it came from."""
+    """Compute the CAMs of every training frame (cam.method: cam, gradcampp, layercam) on a Ray Data actor pool and write the CAM store (Parquet), tagged with the dataset and checkpoint it came from."""
+    from tcam_ray.data import index_dataset
+    from tcam_ray.runs import create_run_dir, run_folder
+    from tcam_ray.train.cams import fill_cam_store
+
     cfg = load_config(config, set_, **{"scale.address": address})
     run_dir = run_folder(cfg, "cams")
     frames = index_dataset(cfg.dataset).counts().get("train", 0)

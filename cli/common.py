@@ -20,7 +20,8 @@ class CliError(TcamRayError):
 
 ConfigOption = Annotated[
     Optional[Path],
-    typer.Option("--config", "-c", help="YAML config file (may name one `base:` file).", show_default=False),
+    typer.Option("--config", "-c", help="YAML config file (may name one `base:` file), or the NAME of one that ships "
+                 "with tcam-ray (`tcam-ray config --list`).", show_default=False),
 ]
 SetOption = Annotated[
     Optional[list[str]],

@@ -6,8 +6,6 @@ from typing import Annotated
 
 import typer
 
-from tcam_ray.ops.build_info import build_info
-
 from .common import ConfigOption, SetOption, load_config
 
 
@@ -41,6 +39,8 @@ def doctor(
 
     Exit code 1 when the op is missing or stale (or cannot serve the visible GPU).
     """
+    from tcam_ray.ops.build_info import build_info
+
     load_config(config, set_)  # a config given here is checked too
     info = build_info()
     if as_json:

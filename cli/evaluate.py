@@ -5,9 +5,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from tcam_ray.runs import create_run_dir, run_folder
-from tcam_ray.train.evaluate import evaluate_checkpoint, summary_lines
-
 from .common import ConfigOption, SetOption, load_config
 
 
@@ -19,10 +16,11 @@ def evaluate(
 ):
     """CorLoc (MaxBoxAcc at IoU 0.5), MaxBoxAccV2, per-class CorLoc and top-1 of a checkpoint on a split.
 
-    The dataset comes from the config (default: the one the checkpoint was trained on is not assumed;
-    pass --config/--set dataset.root). Writes report.json, corloc_threshold.png and cams.png into a
-    run folder.
+    The dataset comes from the config (default: the one the checkpoint was trained on is not assumed; pass --config/--set dataset.root). Writes report.json, corloc_threshold.png and cams.png into a run folder.
     """
+    from tcam_ray.runs import create_run_dir, run_folder
+    from tcam_ray.train.evaluate import evaluate_checkpoint, summary_lines
+
     cfg = load_config(config, set_, **{"eval.split": split})
     run_dir = run_folder(cfg, "evaluate")
     report = evaluate_checkpoint(checkpoint, cfg, cfg.eval.split, run_dir)  # the folder is made once it has run

@@ -6,9 +6,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from tcam_ray.data import index_dataset
-from tcam_ray.runs import create_run_dir
-
 from .common import ConfigOption, SetOption, load_config, progress_bar
 
 
@@ -21,10 +18,11 @@ def index(
 ):
     """Check a dataset in the YouTube-Objects layout and write its frame index (Parquet).
 
-    Every problem is reported with its file and line: missing frames or shot
-    folders, empty shots, labels outside class_id.yaml, malformed lines, sizes
-    that disagree with image_sizes.txt.
+    Every problem is reported with its file and line: missing frames or shot folders, empty shots, labels outside class_id.yaml, malformed lines, sizes that disagree with image_sizes.txt.
     """
+    from tcam_ray.data import index_dataset
+    from tcam_ray.runs import create_run_dir
+
     cfg = load_config(config, set_, **{"dataset.root": root, "dataset.metadata": metadata})
     with progress_bar("indexing shots and frames") as (advance, set_total):
         frame_index = index_dataset(cfg.dataset, progress=advance, on_total=set_total)

@@ -1,16 +1,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from tcam_ray.data.layout import SPLITS
-from tcam_ray.video.ingest import IngestItem, IngestSummary, ingest_videos, read_tags_file
-from tcam_ray.video.reader import VideoError, count_frames, expand_inputs
-
 from .common import (CliError, ConfigOption, SetOption, exit_if_any_failed, load_config, print_video_outcome,
                      progress_bar)
+
+if TYPE_CHECKING:
+    from tcam_ray.video.ingest import IngestSummary
 
 
 def ingest(
@@ -37,6 +36,10 @@ def ingest(
 
     A video that cannot be read is reported and skipped; the exit code is 1 if any failed. Then: `tcam-ray index --root OUT`, `tcam-ray train`.
     """
+    from tcam_ray.data.layout import SPLITS
+    from tcam_ray.video.ingest import ingest_videos
+    from tcam_ray.video.reader import VideoError, count_frames
+
     cfg = load_config(config, set_, **{"video.fps": fps, "video.max_frames": max_frames, "video.max_side": max_side})
     if split not in SPLITS:
         raise CliError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -53,6 +56,9 @@ def ingest(
 
 def parse_inputs(inputs: list[str], tag: str | None, tags: Path | None, split: str):
     """(dataset root, videos to ingest, errors found in the inputs)."""
+    from tcam_ray.video.ingest import IngestItem, read_tags_file
+    from tcam_ray.video.reader import VideoError, expand_inputs
+
     if not inputs:
         raise CliError("name the dataset folder OUT (after the videos)")
     *videos, out = inputs

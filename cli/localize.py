@@ -3,17 +3,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from tcam_ray.config import dump_config
 from tcam_ray.io import atomic_write_text
-from tcam_ray.video.localize import Localizer, LocalizeSummary, localize_in_process, plan_jobs
-from tcam_ray.video.reader import VideoError, count_frames, expand_inputs
 
 from .common import (CliError, ConfigOption, SetOption, exit_if_any_failed, load_config, print_video_outcome,
                      progress_bar)
+
+if TYPE_CHECKING:
+    from tcam_ray.video.localize import Localizer, LocalizeSummary
 
 LOCAL = "local"
 
@@ -28,6 +29,11 @@ def localize(
                                                                       "the predicted one (and label frames with it).")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Map threshold for the boxes (video.threshold); default: "
                                                             "the checkpoint's best on val if recorded, else 0.5.")] = None,
+    min_presence: Annotated[Optional[float], typer.Option(help="No box on frames whose presence (the model's "
+                                                                 "confidence that the object is there, 0-1) is "
+                                                                 "below this (video.min_presence; 0: never).")] = None,
+    smooth: Annotated[Optional[bool], typer.Option("--smooth/--no-smooth", help="Smooth boxes along each shot "
+                                                   "(video.smooth; on by default).", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Frames per model forward (video.batch_size).")] = None,
     max_frames: Annotated[Optional[int], typer.Option(help="Only the first N frames of each video (video.max_frames).")] = None,
     gpu: Annotated[Optional[bool], typer.Option("--gpu/--cpu", help="Run the model on the GPU (scale.use_gpu).",
@@ -40,12 +46,16 @@ def localize(
 ):
     """Localize the object in every frame of video files with a checkpoint of either stage.
 
-    Per video, OUT/NAME/ gets annotated.mp4 (heat map, box and class on every frame; same frame count, size and rate as the input), boxes.csv and boxes.json (one box per frame in the video's pixels, its score = mean map value inside it, and the threshold used) and contact_sheet.png.
+    Per video, OUT/NAME/ gets annotated.mp4 (H.264 that browsers play: heat map, box and label on every frame, each at the input frame's time), boxes.csv and boxes.json (per frame: its time, presence, the box in the video's pixels smoothed along the shot or none where the object is judged absent, the frame's own box, score = mean map value inside the box, the threshold used) and contact_sheet.png.
 
     A video that cannot be read is reported and skipped; the exit code is 1 if any failed.
     """
+    from tcam_ray.video.localize import localize_in_process, plan_jobs
+    from tcam_ray.video.reader import VideoError, count_frames, expand_inputs
+
     ray_address = None if address == LOCAL else address
     cfg = load_config(config, set_, **{"video.threshold": threshold, "video.batch_size": batch_size,
+                                       "video.min_presence": min_presence, "video.smooth": smooth,
                                        "video.max_frames": max_frames, "scale.use_gpu": gpu,
                                        "scale.address": ray_address})
     use_ray = address is not None or bool(os.environ.get("RAY_ADDRESS"))
@@ -71,9 +81,11 @@ def localize(
 
 
 def load_localizer(checkpoint: Path, cfg, class_name: str | None) -> Localizer:
+    from tcam_ray.video.localize import Localizer
+
     try:
         return Localizer(checkpoint, cfg, class_name)
-    except (FileNotFoundError, ValueError) as err:
+    except FileNotFoundError as err:
         raise CliError(str(err)) from None
 
 

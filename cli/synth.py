@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 import typer
 
 from tcam_ray.config import SynthConfig, dump_config
-from tcam_ray.data.synthetic import generate, video_plan, write_preview
 from tcam_ray.io import atomic_write_text
 
 from .common import CliError, ConfigOption, SetOption, load_config, progress_bar
@@ -33,6 +32,8 @@ def synth(
 
     More knobs with --set synth.KEY=VALUE: val_videos, test_videos, aspect, eval_stride, second_object_prob, occluder_prob, leave_frame_prob, distractors, backgrounds, jpeg_quality (`tcam-ray config` prints them all).
     """
+    from tcam_ray.data.synthetic import generate, video_plan, write_preview
+
     cfg = load_config(config, set_, **{
         "synth.classes": classes, "synth.videos": videos, "synth.shots": shots,
         "synth.frames": frames, "synth.size": size, "synth.seed": seed,

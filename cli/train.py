@@ -4,10 +4,6 @@ from typing import Annotated
 
 import typer
 
-from tcam_ray.train.evaluate import evaluate_checkpoint, summary_lines
-from tcam_ray.train.loop import STAGES
-from tcam_ray.train.trainer import run_training
-
 from .common import AddressOption, CliError, ConfigOption, SetOption, load_config
 
 
@@ -20,12 +16,12 @@ def train(
 ):
     """Train stage 1 (cam) or stage 2 (tcam) on Ray Train workers (scale.num_workers; 0 = in this process, without Ray).
 
-    Runs on the embedded local Ray, or on the cluster at scale.address / RAY_ADDRESS. The run folder
-    ({run.root}/{run.name}) gets config.yaml, frame_index.parquet, metrics.jsonl, checkpoints/
-    (last train.keep_last epochs, best-corloc, best-top1), curves.png, and the best-CorLoc
-    checkpoint's evaluation (report.json, corloc_threshold.png, cams.png). Running again with the
-    same run.name resumes from its last checkpoint.
+    Runs on the embedded local Ray, or on the cluster at scale.address / RAY_ADDRESS. The run folder ({run.root}/{run.name}) gets config.yaml, frame_index.parquet, metrics.jsonl, checkpoints/ (last train.keep_last epochs, best-corloc, best-top1), curves.png, and the best-CorLoc checkpoint's evaluation (report.json, corloc_threshold.png, cams.png). Running again with the same run.name resumes from its last checkpoint.
     """
+    from tcam_ray.train.evaluate import evaluate_checkpoint, summary_lines
+    from tcam_ray.train.loop import STAGES
+    from tcam_ray.train.trainer import run_training
+
     if stage not in STAGES:
         raise CliError(f"unknown stage {stage!r}; available: {', '.join(STAGES)}")
     cfg = load_config(config, set_, **{"scale.address": address})

@@ -5,15 +5,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from tcam_ray.tune.sweep import load_sweep
-from tcam_ray.tune.tuner import run_sweep
-
 from .common import AddressOption, SetOption
 
 
 def tune(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Sweep file (e.g. configs/tune-synthetic.yaml): the "
-                                         "training config it overlays, the search space, the metric and ASHA.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Sweep file, or the NAME of one that ships with "
+                                         "tcam-ray (e.g. tune-synthetic; `tcam-ray config --list`): the training "
+                                         "config it overlays, the search space, the metric and ASHA.")],
     set_: SetOption = None,
     address: AddressOption = None,
     num_samples: Annotated[Optional[int], typer.Option(help="Replace the sweep's num_samples.")] = None,
@@ -25,21 +23,15 @@ def tune(
         "sweeps: resume it although it has no owner marker, and mark it as yours. Its Tune state is pickled Python "
         "that runs code when loaded: never use this for a sweep folder you received.")] = False,
 ):
-    """Search a training's settings with Ray Tune and ASHA: every trial trains stage cam or tcam on Ray
-    Train workers and reports val CorLoc (or the sweep's metric) each epoch; ASHA stops the trials
-    that fall behind.
+    """Search a training's settings with Ray Tune and ASHA: every trial trains stage cam or tcam on Ray Train workers and reports val CorLoc (or the sweep's metric) each epoch; ASHA stops the trials that fall behind.
 
-    --set overrides the training config (e.g. --set tcam.cams=STORE). The sweep folder
-    ({run.root}/{run.name}, default runs/tune-{timestamp}) gets each trial's run folder under
-    trials/, results.csv, best.yaml (the best trial's config, ready for `tcam-ray train`) and a plot
-    of the metric per epoch. Running the same command with the same run.name resumes an interrupted
-    sweep (Tuner.restore): errored and unfinished trials go on from their last checkpoint.
+    --set overrides the training config (e.g. --set tcam.cams=STORE). The sweep folder ({run.root}/{run.name}, default runs/tune-{timestamp}) gets each trial's run folder under trials/, results.csv, best.yaml (the best trial's config, ready for `tcam-ray train`) and a plot of the metric per epoch. Running the same command with the same run.name resumes an interrupted sweep (Tuner.restore): errored and unfinished trials go on from their last checkpoint.
 
-    Only your own sweeps resume: Tune's state is pickled Python that could run code, so a new sweep is
-    marked with a key of yours ($TCAM_RAY_KEY_FILE, else ~/.config/tcam-ray/key, made on first use;
-    copy it to resume your sweeps on another machine), and a sweep folder without your mark is refused
-    before Ray starts. With run.storage on a URI the mark stays in the local sweep folder.
+    Only your own sweeps resume: Tune's state is pickled Python that could run code, so a new sweep is marked with a key of yours ($TCAM_RAY_KEY_FILE, else ~/.config/tcam-ray/key, made on first use; copy it to resume your sweeps on another machine), and a sweep folder without your mark is refused before Ray starts. With run.storage on a URI the mark stays in the local sweep folder.
     """
+    from tcam_ray.tune.sweep import load_sweep
+    from tcam_ray.tune.tuner import run_sweep
+
     overrides = [*(set_ or []), *([f"scale.address={address}"] if address else [])]
     sweep = load_sweep(config, overrides, num_samples=num_samples, max_concurrent_trials=max_concurrent_trials)
     result = run_sweep(sweep, say=typer.echo, trust_sweep_state=trust_sweep_state)

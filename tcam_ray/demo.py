@@ -24,8 +24,7 @@ import torch
 from . import viz
 from .config import Config
 from .data import index_dataset, metadata_folder
-from .data.frames import IMAGE, LABEL, ROW
-from .data.pipeline import split_rows
+from .data.frames import IMAGE, LABEL, ROW, split_rows
 from .data.synthetic import generate
 from .data.tensors import normalise
 from .evaluation.boxes import predict_boxes

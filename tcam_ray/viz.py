@@ -69,15 +69,11 @@ def map_panel(image_rgb: np.ndarray, heat: np.ndarray, gt_boxes, pred_boxes) -> 
 
 def plot_training_curves(records: Sequence[dict], path: str | Path) -> Path:
     """Loss, top-1 and CorLoc per epoch from metrics.jsonl records."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     by_split: dict[str, list[dict]] = {}
     for record in records:
         by_split.setdefault(record["split"], []).append(record)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = new_figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
     for split, rows in by_split.items():
         epochs = [r["epoch"] for r in rows]
         for ax, key in zip(axes, ("loss", "top1", "corloc")):
@@ -94,12 +90,8 @@ def plot_training_curves(records: Sequence[dict], path: str | Path) -> Path:
 
 def plot_threshold_curve(thresholds: Sequence[float], corloc: Sequence[float], path: str | Path,
                          title: str = "CorLoc vs map threshold") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig = new_figure(figsize=(5, 3.6))
+    ax = fig.subplots()
     ax.plot(thresholds, corloc)
     best = int(np.argmax(corloc))
     ax.axvline(thresholds[best], color="grey", linestyle="--", label=f"best {thresholds[best]:.2f}: {corloc[best]:.1f}%")
@@ -111,12 +103,20 @@ def plot_threshold_curve(thresholds: Sequence[float], corloc: Sequence[float], p
     return save_figure(fig, path)
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    import matplotlib.pyplot as plt
+def new_figure(figsize: tuple[float, float]):
+    """A matplotlib Figure on its own Agg canvas, outside pyplot: the process's backend (a notebook's
+    inline one, say) and pyplot's list of open figures stay as they were."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, dpi=dpi)
     return path

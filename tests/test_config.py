@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tcam_ray.config import Config, ConfigError, config_from_dict, load, resolve_paths, to_dict
-from tcam_ray.config.loader import read_config_file
+from tcam_ray.config.loader import packaged_configs, packaged_configs_dir, read_config_file
 from tcam_ray.runs import create_run_dir
 from tcam_ray.train.checkpoints import checkpoint_config
 
@@ -284,3 +284,64 @@ def test_cli_config_prints_the_resolved_yaml(cli, tmp_path):
     shown = yaml.safe_load(result.stdout)
     assert shown["synth"]["classes"] == 2 and shown["synth"]["size"] == 64 and shown["synth"]["seed"] == 9
     assert shown["dataset"]["root"] == str(tmp_path / "data" / "synthetic")
+
+
+# --------------------------------------------------------------------------- packaged configs by name
+
+
+def test_a_packaged_config_loads_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert to_dict(load("ytov1-cam")) == to_dict(load(REPO / "configs" / "ytov1-cam.yaml"))
+    _, sources = read_config_file("ytov1-cam")
+    assert [path.name for path in sources] == ["ytov1-cam.yaml", "ytov1.yaml"]  # its base from the package too
+    assert {path.parent for path in sources} == {packaged_configs_dir()}
+
+
+def test_a_users_file_may_name_a_packaged_base(tmp_path):
+    mine = write(tmp_path / "mine.yaml", {"base": "ytov1-cam", "train": {"lr": 0.5}})
+    cfg, recipe = load(mine), load("ytov1-cam")
+    assert cfg.train.lr == 0.5 and cfg.train.lr != recipe.train.lr
+    assert cfg.dataset.name == recipe.dataset.name and cfg.model == recipe.model
+
+
+def test_a_file_of_that_name_wins_and_a_folder_of_that_name_is_passed_over(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "demo", {"dataset": {"name": "my-own-demo"}})
+    (tmp_path / "bench").mkdir()  # e.g. an output folder
+    assert load("demo").dataset.name == "my-own-demo"
+    assert to_dict(load("bench")) == to_dict(load(REPO / "configs" / "bench.yaml"))
+
+
+def test_an_unknown_name_is_one_line_listing_the_packaged_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load("ytov1-cma")
+    message = str(err.value)
+    assert "\n" not in message and "'ytov1-cma'" in message
+    assert all(name in message for name in packaged_configs())
+    mine = write(tmp_path / "mine.yaml", {"base": "ytov1-cma"})
+    with pytest.raises(ConfigError, match=r"mine.yaml: 'base: ytov1-cma': no config file or packaged config named"):
+        load(mine)
+
+
+def test_a_packaged_name_given_as_a_missing_file_says_how_to_name_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"config file not found: ytov1-cam.yaml \(the packaged config of that "
+                                          r"name is --config ytov1-cam"):
+        load("ytov1-cam.yaml")
+
+
+def test_cli_config_list_and_config_by_name(cli, tmp_path):
+    listed = cli("config", "--list", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == list(packaged_configs())
+    ytov1_cam = next(line for line in lines if line.startswith("ytov1-cam "))
+    assert "Stage 1 on YouTube-Objects v1.0" in ytov1_cam
+    shown = cli("config", "--config", "ytov1-cam", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert yaml.safe_load(shown.stdout)["dataset"]["name"] == load("ytov1-cam").dataset.name
+    unknown = cli("config", "--config", "ytov1-cma", cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().startswith("error: no config file or packaged config named 'ytov1-cma'")
+    assert len(unknown.stderr.strip().splitlines()) == 1

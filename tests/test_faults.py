@@ -146,8 +146,8 @@ def foreign_ray_head(short_ray_tmp, tmp_path):
 def test_two_workers_on_their_own_local_ray_survive_a_killed_worker(foreign_ray_head, dataset_root, tmp_path):
     """With another cluster's address in the default place, `tcam-ray train` (no --address) starts its own
     Ray; its processes listen on loopback only (the DDP store too); a worker SIGKILLed after epoch 1 is
-    replaced and the run goes on from its checkpoint, every epoch logged once; Ray's checkpoint copies
-    are gone afterwards."""
+    replaced and the run goes on from its checkpoint, every epoch logged once; Ray holds no
+    copy of a checkpoint (the workers restart from the run folder's own)."""
     env, foreign_session = foreign_ray_head
     run_dir = tmp_path / "runs" / "run"
     process = subprocess.Popen(train_command(dataset_root, tmp_path / "runs", "train.epochs=4", "scale.max_failures=1"),

@@ -8,7 +8,7 @@ import time
 import ray
 
 from tcam_ray.config import ScaleConfig
-from tcam_ray.data.pipeline import DECODE_CPUS
+from tcam_ray.data.frames import DECODE_CPUS
 from tcam_ray.train.trainer import ray_session
 
 
@@ -28,3 +28,17 @@ def test_decode_workers_outlive_a_pause_between_epochs():
         second = set(ray.get([decode_slot.remote() for _ in range(slots)]))
     assert len(first) == slots
     assert second == first
+
+
+def test_the_environment_is_as_before_once_the_session_ends(monkeypatch):
+    """A notebook or a program that trains keeps its own environment: our Ray settings hold for the
+    session only (the raylet's worker limit only while Ray starts), a value the user set stays, and
+    what ray.init sets in the driver (PYTHONBREAKPOINT, RAY_AUTH_MODE, ...) goes with the session."""
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PRINT_PATCH", "1")  # the user's own choice
+    before = dict(os.environ)
+    assert not ray.is_initialized(), "this test needs to start its own local Ray"
+    with ray_session(ScaleConfig(local_cpus=1)):
+        assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+        assert os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "1"
+        assert "RAY_num_workers_soft_limit" not in os.environ
+    assert dict(os.environ) == before

@@ -60,7 +60,7 @@ def test_every_frame_sampling_and_eval_rows(local_ray, dataset_root, tmp_path):
 
 def test_data_bench_baselines_decode_what_the_pipeline_decodes(local_ray, dataset_root, tmp_path):
     from tcam_ray.bench.data import TrainFrameBatches, TrainFrames
-    from tcam_ray.data.pipeline import split_rows
+    from tcam_ray.data.frames import split_rows
 
     # crop = resize and no flip: augmentation draws nothing, so every path must give the same pixels
     cfg = config(dataset_root, tmp_path, "input.sampling=all", "input.resize_size=32", "input.flip=false")
@@ -121,6 +121,7 @@ def test_in_process_training_writes_the_run_folder(trained):
     # keep_last=1 dropped epoch 1; LayerCAM's best localiser is kept beside CAM's
     assert folders == ["best-corloc", "best-corloc-layercam", "best-top1", "epoch-0002"]
     assert read_meta(result.last)["epoch"] == 2
+    assert read_meta(result.last)["backbone"]["output_stride"] == 8 * cfg.model.layer3_stride * cfg.model.layer4_stride
     assert checkpoint_config(result.last) == cfg
     assert (result.run_dir / "config.yaml").exists() and (result.run_dir / "frame_index.parquet").exists()
 

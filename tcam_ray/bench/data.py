@@ -23,8 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config
 from ..data import index_dataset
-from ..data.frames import IMAGE, LABEL, ROW, decode_batch, decode_frame
-from ..data.pipeline import DECODE_CPUS, split_rows
+from ..data.frames import DECODE_CPUS, IMAGE, LABEL, ROW, decode_batch, decode_frame, split_rows
 from ..train.context import PREFETCH_BATCHES, TRAIN_DTYPES
 from .common import dataset_for, log, record, scratch_dir
 

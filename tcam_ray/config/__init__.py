@@ -66,7 +66,7 @@ def local_folder(path: str, key: str) -> str:
     if is_uri(path):
         raise ConfigError(f"config key '{key}': {path!r} is a URI, but run folders (metrics.jsonl, checkpoints) "
                           "are written as files: give a folder (on a cluster, one every node mounts) and put "
-                          "the URI in run.storage, where Ray keeps its checkpoints and Tune state")
+                          "the URI in run.storage, where Ray keeps its run state and Tune's experiment")
     return path
 
 

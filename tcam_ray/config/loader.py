@@ -9,6 +9,10 @@ passes) is an error that says why it went. A file may name one `base:` file
 of its own, to any depth: the chain is merged bottom-up, so the top file wins.
 A file reached twice along a chain is a `ConfigError` naming the cycle.
 
+The configs that ship inside the package (tcam_ray/configs/NAME.yaml) are named
+by NAME alone, on the command line and in `base:`: a bare name (no folder, no
+.yaml/.yml suffix) that is not an existing file is the packaged config of that name.
+
 Across process boundaries (Ray workers, Tune trials) a config travels as the
 plain nested dict of `to_dict`, and `from_dict` rebuilds the typed object.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import math
 import types
 import typing
@@ -34,11 +39,52 @@ class ConfigError(TcamRayError, ValueError):
     """A config file, override or value that does not fit the schema."""
 
 
+CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def packaged_configs_dir() -> Path:
+    return Path(str(importlib.resources.files("tcam_ray").joinpath("configs")))
+
+
+def packaged_configs() -> dict[str, Path]:
+    """The configs shipped inside the package, by name (file name without .yaml)."""
+    return dict(sorted((path.stem, path) for path in packaged_configs_dir().glob("*.yaml")))
+
+
+def config_summary(path: Path) -> str:
+    """The first line of a config file's leading comment ('' without one)."""
+    with path.open() as lines:
+        first = lines.readline().strip()
+    return first.lstrip("#").strip() if first.startswith("#") else ""
+
+
+def is_config_name(text: str) -> bool:
+    """A packaged config's name, not a path: no folder and no YAML suffix."""
+    return "/" not in text and "\\" not in text and Path(text).suffix not in CONFIG_SUFFIXES
+
+
+def resolve_config_file(given: str | Path, folder: Path | None = None) -> Path:
+    """The file `given` names (relative to `folder` when given, else to the working folder), or, when
+    no such file exists and `given` is a bare name, the packaged config of that name (a folder
+    of that name in the working folder, such as a `demo/` output folder, is passed over)."""
+    path = Path(given) if folder is None else folder / given
+    text = str(given)
+    if path.is_file() or not is_config_name(text):
+        return path
+    shipped = packaged_configs()
+    if text in shipped:
+        return shipped[text]
+    raise ConfigError(f"no config file or packaged config named {text!r}; packaged configs: {', '.join(shipped)}")
+
+
 def read_yaml_mapping(path: Path) -> dict:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        hint = ""
+        if path.suffix in CONFIG_SUFFIXES and path.stem in packaged_configs():
+            hint = f" (the packaged config of that name is --config {path.stem}, without folder or suffix)"
+        raise ConfigError(f"config file not found: {path}{hint}") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: a folder, not a config file") from None
     except UnicodeDecodeError:
@@ -66,9 +112,9 @@ def deep_merge(base: dict, top: dict) -> dict:
 
 def read_config_file(path: str | Path) -> tuple[dict, list[Path]]:
     """The raw mapping of a config file with its chain of `base:` files merged under it
-    (each base relative to the file naming it; nearer files win), and the files it came
-    from, the top file first."""
-    path = Path(path)
+    (each base relative to the file naming it, or a packaged config's name; nearer files win),
+    and the files it came from, the top file first."""
+    path = resolve_config_file(path)
     sources = [path]
     resolved = [path.resolve()]
     layers = []
@@ -81,7 +127,10 @@ def read_config_file(path: str | Path) -> tuple[dict, list[Path]]:
             break
         if not isinstance(base_name, str):
             raise ConfigError(f"{current}: '{BASE_KEY}' must be one file name, got {base_name!r}")
-        base_path = (current.parent / base_name).resolve()
+        try:
+            base_path = resolve_config_file(base_name, folder=current.parent).resolve()
+        except ConfigError as err:
+            raise ConfigError(f"{current}: '{BASE_KEY}: {base_name}': {err}") from None
         if base_path in resolved:
             cycle = resolved[resolved.index(base_path):] + [base_path]
             raise ConfigError("config base cycle: " + " -> ".join(map(str, cycle)))

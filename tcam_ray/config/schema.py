@@ -76,8 +76,9 @@ class RunConfig:
 
     root: str = "runs"  # a folder (on a cluster: one every node mounts, e.g. NFS)
     name: Optional[str] = None  # default: {verb}-{timestamp}
-    # Ray's own state of a run (Ray Train checkpoints, Tune's experiment for resuming): a folder or
-    # a URI Ray accepts (s3://bucket/runs, gs://...); default {run folder}/ray.
+    # Ray's own state of a run (Ray Train's run snapshot, Tune's experiment for resuming; the model's
+    # checkpoints are the run folder's): a folder or a URI Ray accepts (s3://bucket/runs, gs://...);
+    # default {run folder}/ray.
     storage: Optional[str] = None
 
 
@@ -131,7 +132,7 @@ class TrainConfig:
     gamma: float = 0.9  # lr decay factor
     amp: bool = True  # float16 autocast + GradScaler on CUDA (no effect on CPU)
     cpu_bf16: bool = False  # bfloat16 autocast on CPU (slower than float32 on most CPUs)
-    keep_last: int = 2  # Ray Train checkpoints kept, besides the best by CorLoc and by accuracy
+    keep_last: int = 2  # epoch checkpoints kept in checkpoints/, besides the best by CorLoc and by accuracy
     seed: int = 0
     # Testing recovery: rank 0 raises once when this epoch starts (a marker file makes it once).
     fail_at_epoch: Optional[int] = None
@@ -315,8 +316,18 @@ class VideoConfig:
     threshold: Optional[float] = None
     overlay_alpha: float = 0.45  # weight of the heat map over the frame
     sheet_frames: int = 12  # frames sampled evenly for the contact sheet
+    # Presence in [0, 1] (stage 2: peak foreground probability; stage 1: class probability rescaled so
+    # chance is 0): below it a frame gets no box. 0.5: the model's own even odds; 0: never abstain.
+    min_presence: float = 0.5
+    # Smooth boxes along each shot (tcam_ray/video/track.py): a Viterbi track over candidate boxes
+    # maximising IoU with each frame's own box minus smooth_weight * exp(-dt / smooth_memory_s) *
+    # (1 - IoU) per frame step, then each box averaged over time (Gaussian, sigma smooth_sigma_s seconds).
+    smooth: bool = True
+    smooth_weight: float = 1.0  # changing box between frames costs as much as leaving the frame's own box
+    smooth_memory_s: float = 0.5  # frames further apart in time constrain each other less
+    smooth_sigma_s: float = 0.1  # about vision's integration time: change faster than this is jitter
     actors: int = 1  # with a Ray cluster: actors, each holding the model and doing whole videos
-    cpus_per_actor: float = 0.5  # fractional: see RAY-NOTES (whole CPUs per actor can starve tasks)
+    cpus_per_actor: float = 0.5  # fractional: whole CPUs per actor can leave none for Ray Data's decode tasks
     # ingest
     fps: Optional[float] = None  # keep frames at this rate (None: every frame)
     max_side: Optional[int] = None  # frames whose longer side exceeds this are downscaled to it
@@ -333,6 +344,10 @@ class VideoConfig:
         require(self.batch_size >= 1, "video.batch_size", "must be at least 1")
         require(self.threshold is None or 0 <= self.threshold <= 1, "video.threshold", "is a map value in [0, 1]")
         require(0 <= self.overlay_alpha <= 1, "video.overlay_alpha", "must be in [0, 1]")
+        require(0 <= self.min_presence <= 1, "video.min_presence", "is a presence in [0, 1]")
+        require(self.smooth_weight >= 0, "video.smooth_weight", "must be at least 0")
+        require(self.smooth_memory_s > 0, "video.smooth_memory_s", "must be positive (seconds)")
+        require(self.smooth_sigma_s >= 0, "video.smooth_sigma_s", "must be at least 0 (seconds; 0: no average)")
         require(self.sheet_frames >= 1, "video.sheet_frames", "must be at least 1")
         require(self.actors >= 1, "video.actors", "must be at least 1")
         require(self.cpus_per_actor > 0, "video.cpus_per_actor", "must be positive")
@@ -342,6 +357,26 @@ class VideoConfig:
         require(self.cut_ratio > 1 and self.cut_min_diff >= 0, "video.cut_ratio", "cut_ratio > 1 and cut_min_diff >= 0")
         require(self.cut_window >= 1 and self.min_shot_frames >= 1, "video.cut_window",
                 "cut_window and min_shot_frames must be at least 1")
+
+
+@dataclass
+class LoggingConfig:
+    """Experiment logging of each epoch's metrics and the config (README: "Experiment logging"); each
+    logger needs its package (pip install 'tcam-ray[logging]')."""
+
+    tensorboard: bool = False  # event files in {run folder}/tensorboard
+    mlflow: bool = False
+    mlflow_tracking_uri: Optional[str] = None  # default: a file store in {run folder}/mlruns
+    mlflow_experiment: Optional[str] = None  # default: the run's name
+    wandb: bool = False
+    wandb_mode: Literal["offline", "online"] = "offline"  # offline: `wandb sync` uploads the run later
+    wandb_project: str = "tcam-ray"
+    wandb_dir: Optional[str] = None  # wandb/ goes in here; default: the run folder
+    # Seconds between step-progress lines when the output is not a terminal (a terminal's line is redrawn).
+    progress_interval: float = 10.0
+
+    def __post_init__(self):
+        require(self.progress_interval >= 0, "logging.progress_interval", "must be at least 0 seconds")
 
 
 # Keys the schema no longer has, with why they went. A config file or --set naming one is an
@@ -366,3 +401,4 @@ class Config:
     tcam: TcamConfig = field(default_factory=TcamConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)

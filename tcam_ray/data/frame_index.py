@@ -2,7 +2,7 @@
 
 Train rows come from listing each train shot's folder on disk (frames in
 frame-number order); val/test rows are the listed frames with their boxes.
-Columns (DESIGN.md): frame_id, shot_id, frame_idx, label, split, width,
+Columns: frame_id, shot_id, frame_idx, label, split, width,
 height, boxes. The file's schema metadata records where the index came from
 (dataset name, root, metadata folder, class names) and a fingerprint of its
 content, so later artefacts (CAM stores, checkpoints) can refuse a mismatch.

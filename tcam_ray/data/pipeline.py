@@ -10,18 +10,11 @@ import logging
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray.data
 
 from ..config import Config
 from .buffers import neighbour_offsets, training_rows
-from .frames import ROW, decode_batch, shots_table, with_row_numbers
-
-# Per decode task (each decodes with one OpenCV thread). Two tasks share a CPU: Ray Data's executor
-# looks for finished tasks every 100 ms at most, and with one task per CPU that CPU idles until it
-# does (bench data, 2 CPUs: 0.89x -> about 0.94x of a DataLoader with as many processes).
-DECODE_CPUS = 0.5
-DECODE_RESERVE_CPUS = 2 * DECODE_CPUS  # kept free for decoding beside training workers and trials
+from .frames import DECODE_CPUS, ROW, decode_batch, shots_table, split_rows
 
 
 def configure_ray_data() -> None:
@@ -35,14 +28,6 @@ def configure_ray_data() -> None:
     context.op_resource_reservation_enabled = False
     context.raise_original_map_exception = True
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-
-
-def split_rows(index_table: pa.Table, split: str) -> pa.Table:
-    """Rows of one split, numbered by their position in that split's table."""
-    rows = index_table.filter(pc.equal(index_table["split"], split))
-    if rows.num_rows == 0:
-        raise ValueError(f"the frame index has no {split!r} frames")
-    return with_row_numbers(rows)
 
 
 def permuted(rows: pa.Table, seed: int) -> pa.Table:

@@ -61,7 +61,7 @@ class ResNetEncoder(ResNet):
         self.arch = arch
         widths = (64, 128, 256, 512)
         self.out_channels: list[int] = [64, *(w * spec.block.expansion for w in widths)]
-        self.strides: list[int] = [2, 4, 8, 8 * layer3_stride, 8 * layer3_stride * layer4_stride]
+        self.strides: list[int] = stage_strides(layer3_stride, layer4_stride)
         if layer3_stride == 1:
             unstride_first_block(self.layer3[0])
         if layer4_stride == 1:
@@ -75,6 +75,22 @@ class ResNetEncoder(ResNet):
             x = stage(x)
             features.append(x)
         return features
+
+
+def stage_strides(layer3_stride: int = 2, layer4_stride: int = 2) -> list[int]:
+    """Output strides of the encoder's stages [stem, layer1, ..., layer4]."""
+    return [2, 4, 8, 8 * layer3_stride, 8 * layer3_stride * layer4_stride]
+
+
+def backbone_layout(arch: str, layer3_stride: int = 2, layer4_stride: int = 2) -> dict:
+    """How this encoder differs from torchvision's ResNet, as plain values for checkpoints' meta.json and
+    exported models: a torchvision `resnetXX` loaded with these weights gives other outputs unless the
+    first block of each stage with stride 1 is changed the same way (no dilation is added)."""
+    strides = stage_strides(layer3_stride, layer4_stride)
+    return {"arch": arch, "layer3_stride": layer3_stride, "layer4_stride": layer4_stride, "stage_strides": strides,
+            "output_stride": strides[-1], "dilation": 1,
+            "torchvision_change": "layerN[0].conv1 (BasicBlock) or conv2 (Bottleneck) and layerN[0].downsample[0] "
+                                  "get stride 1 where layerN_stride is 1; avgpool and fc are dropped"}
 
 
 def unstride_first_block(block: BasicBlock | Bottleneck) -> None:

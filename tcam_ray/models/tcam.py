@@ -1,14 +1,15 @@
 """The stage-2 TCAM model: a stage-1 CAM classifier (frozen by default) plus a U-Net decoder.
 
 forward(x) -> TCAMOutput(seg_logits (B, 2, H, W), cls_logits (B, C)); the
-localization map at inference is `foreground_map(seg_logits)`.
+localization map at inference is `foreground_map(seg_logits)`. TCAMOutput is a NamedTuple so that
+torch.export, torch.jit.trace and the ONNX exporter take the model as it is (tcam_ray/export).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -20,8 +21,7 @@ from tcam_ray.models.weights import load_strict, unwrap_state_dict
 FOREGROUND = 1  # channel of the foreground in seg_logits (0 is background)
 
 
-@dataclass
-class TCAMOutput:
+class TCAMOutput(NamedTuple):
     seg_logits: Tensor  # (B, 2, H, W) at input size: background, foreground
     cls_logits: Tensor  # (B, num_classes) from the (frozen) classifier
 

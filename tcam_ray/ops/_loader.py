@@ -2,16 +2,23 @@
 
 There is deliberately no pure-Python fallback: the exact reference is O(P^2)
 and would make training silently hundreds of times slower.
+
+Importing this module does not import torch (`tcam-ray doctor` reads build facts without it).
 """
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import importlib
+import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 EXTENSION = "tcam_ray._C_crf"
 REBUILD_COMMAND = "pip install --no-build-isolation -e .   (or, in a source checkout: python setup.py build_ext --inplace)"
@@ -41,19 +48,45 @@ def current_source_hash() -> str | None:
     return digest.hexdigest()[:16]
 
 
+def torch_version_file() -> Path | None:
+    """torch/version.py of the torch this interpreter would import (None: torch is not installed)."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(spec.submodule_search_locations[0]) / "version.py"
+
+
+def running_torch_version() -> str:
+    """torch.__version__, read from torch/version.py while torch is not imported (importing it takes seconds)."""
+    if "torch" not in sys.modules:
+        path = torch_version_file()
+        try:
+            for node in ast.parse(path.read_text()).body:
+                if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__version__" for t in node.targets):
+                    return ast.literal_eval(node.value)
+        except (AttributeError, OSError, SyntaxError, ValueError):
+            pass  # an unusual torch install: ask torch itself
+    import torch
+
+    return torch.__version__
+
+
 def stale_reasons(info: dict) -> list[str]:
     """Why a loaded build no longer matches its sources or the running torch (empty: fresh)."""
     reasons = []
     current = current_source_hash()
     if current is not None and current != info["source_hash"]:
         reasons.append(f"csrc/crf changed since the build (built {info['source_hash']}, sources now {current})")
-    if info["torch_version"] != torch.__version__:
-        reasons.append(f"built against torch {info['torch_version']}, running torch {torch.__version__}")
+    running = running_torch_version()
+    if info["torch_version"] != running:
+        reasons.append(f"built against torch {info['torch_version']}, running torch {running}")
     return reasons
 
 
 def import_extension() -> ModuleType:
     try:
+        import torch  # noqa: F401  the extension links against libtorch, which torch's import loads
+
         return importlib.import_module(EXTENSION)
     except ImportError as error:
         raise OpBuildError(
@@ -97,6 +130,8 @@ def check_device(device: torch.device) -> None:
     """Clear errors for a CUDA call the build cannot serve (instead of the dispatcher's)."""
     if device.type != "cuda":
         return
+    import torch
+
     info = load_extension().build_info()
     if not info["cuda"]:
         raise OpBuildError(

@@ -17,8 +17,7 @@ import torch
 from ..config import Config
 from ..data import FrameIndex, index_dataset
 from ..data.cam_store import CamStoreWriter, StoreInfo, checkpoint_id
-from ..data.frames import IMAGE, LABEL, ROW
-from ..data.pipeline import split_rows
+from ..data.frames import IMAGE, LABEL, ROW, split_rows
 from ..data.tensors import normalise
 from ..methods.cam import compute_cams
 from .checkpoints import STATE_FILE

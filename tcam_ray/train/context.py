@@ -1,7 +1,7 @@
 """Where a training loop runs: in a Ray Train worker, or in this process (debugging, tests).
 
 Both give the runner the same few things: its rank, its device, its batches,
-the checkpoint to restart from, and a way to report an epoch.
+the checkpoint to restart from, a way to report an epoch, and (rank 0) where its step progress goes.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import torch
 
 from ..config import Config
 from ..data.buffers import BUFFER, VALID, neighbour_offsets, training_rows
-from ..data.frames import IMAGE, LABEL, ROW, decode_batch, shots_table
-from ..data.pipeline import split_rows
+from ..data.frames import IMAGE, LABEL, ROW, decode_batch, shots_table, split_rows
+from .checkpoints import CheckpointKeeper, recorded_epoch
 
 EVAL_DTYPES = {IMAGE: torch.uint8, LABEL: torch.int64, ROW: torch.int64}
 TRAIN_DTYPES = {"cam": EVAL_DTYPES, "tcam": {IMAGE: torch.uint8, BUFFER: torch.uint8, VALID: torch.bool,
@@ -26,6 +26,7 @@ PREFETCH_BATCHES = 2  # decoded batches kept ready ahead of the training step
 
 # In-process training data: (rng) -> numpy batches of input.batch_size (last partial one dropped).
 LocalSource = Callable[[np.random.Generator], Iterator[dict[str, np.ndarray]]]
+SendProgress = Callable[[dict], None]  # rank 0's step progress (progress.StepMeter) to the driver
 
 
 def frame_source(cfg: Config, index_table: pa.Table) -> LocalSource:
@@ -67,11 +68,14 @@ class LocalContext:
     world_size = 1
 
     def __init__(self, cfg: Config, index_table: pa.Table, restore_from: Path | None = None,
-                 train_source: LocalSource | None = None):
+                 train_source: LocalSource | None = None, on_report: Callable[[dict], None] | None = None,
+                 send_progress: SendProgress | None = None):
         self.cfg = cfg
         self.index_table = index_table
         self.restore_from = restore_from
         self.train_source = train_source
+        self.on_report = on_report  # the driver's console (progress.TrainingConsole.epoch)
+        self.send_progress = send_progress
         self.device = torch.device("cuda" if cfg.scale.use_gpu and torch.cuda.is_available() else "cpu")
         self.rng = np.random.default_rng(cfg.train.seed)
 
@@ -96,7 +100,8 @@ class LocalContext:
         return contextlib.nullcontext(self.restore_from)
 
     def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
-        pass
+        if self.on_report is not None:
+            self.on_report(metrics)
 
 
 class EarlyStart:
@@ -127,16 +132,12 @@ class EarlyStart:
             yield from self.iterator
 
 
-@contextlib.contextmanager
-def as_path(folder: ContextManager[str]) -> Iterator[Path]:
-    with folder as path:
-        yield Path(path)
-
-
 class RayTrainContext:
-    """Inside `train_loop_per_worker`: shards from Ray Data, DDP, Ray Train checkpoints."""
+    """Inside `train_loop_per_worker`: shards from Ray Data, DDP, reports to Ray Train; `channel` (a
+    callbacks.ReportChannel actor, or None) takes rank 0's step progress to the driver."""
 
-    def __init__(self, cfg: Config, index_table: pa.Table, restore_from: Path | None, train_dtypes: dict):
+    def __init__(self, cfg: Config, index_table: pa.Table, restore_from: Path | None, train_dtypes: dict,
+                 run_dir: Path, channel=None):
         import ray.train
         import ray.train.torch
 
@@ -144,12 +145,16 @@ class RayTrainContext:
         self.index_table = index_table
         self.restore_from = restore_from
         self.train_dtypes = train_dtypes
+        self.run_dir = Path(run_dir)
         context = ray.train.get_context()
         self.world_rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
         self._ray_train = ray.train
         self.next_epoch: EarlyStart | None = None
+        self.send_progress: SendProgress | None = None
+        if channel is not None and self.world_rank == 0:
+            self.send_progress = lambda progress: channel.put.remote("step", progress)  # not waited for
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch
@@ -175,15 +180,22 @@ class RayTrainContext:
                                         device=self.device)
 
     def restore_checkpoint(self) -> ContextManager[Path | None]:
-        """Ray's checkpoint after a worker restart (read in place from local storage; a temporary copy,
-        removed after the block, from a URI); else the run's own last one (resume)."""
-        checkpoint = self._ray_train.get_checkpoint()
-        if checkpoint is None:
-            return contextlib.nullcontext(self.restore_from)
-        return as_path(checkpoint.as_directory())
+        """The run folder's checkpoint to start from (the run's one checkpoint system, see trainer.py): the
+        one the driver resumes from, or, in a worker group Ray restarted (scale.max_failures), the newest
+        whole one this attempt wrote since (the run folder is on storage every node mounts)."""
+        return contextlib.nullcontext(newer_checkpoint(self.run_dir, self.restore_from) or self.restore_from)
 
     def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
-        checkpoint = None
-        if checkpoint_dir is not None:
-            checkpoint = self._ray_train.Checkpoint.from_directory(str(checkpoint_dir))
-        self._ray_train.report(metrics, checkpoint=checkpoint)
+        """The epoch's metrics to Ray Train (its callbacks, Tune), without a checkpoint: rank 0 has written
+        it in the run folder (`checkpoint_dir`), and Ray keeps no second copy."""
+        self._ray_train.report(metrics)
+
+
+def newer_checkpoint(run_dir: Path, restore_from: Path | None) -> Path | None:
+    """The newest whole checkpoint of the run folder, when it has an epoch newer than `restore_from`'s."""
+    keeper = CheckpointKeeper(run_dir, keep_last=1)
+    latest = keeper.latest()
+    start_epoch = (recorded_epoch(restore_from) or 0) if restore_from is not None else 0
+    if latest is None or (recorded_epoch(latest) or 0) <= start_epoch:
+        return None
+    return keeper.resume_point().folder

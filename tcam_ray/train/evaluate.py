@@ -18,8 +18,7 @@ import torch
 from .. import viz
 from ..config import Config
 from ..data import DatasetError, FrameIndex, index_dataset
-from ..data.frames import IMAGE, LABEL, ROW
-from ..data.pipeline import split_rows
+from ..data.frames import IMAGE, LABEL, ROW, split_rows
 from ..data.tensors import normalise
 from ..evaluation import LocalizationEvaluator
 from ..evaluation.boxes import predict_boxes

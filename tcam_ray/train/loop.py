@@ -29,9 +29,10 @@ def runner_class(stage: str) -> type[Runner]:
 
 
 def train_loop_per_worker(config: dict) -> dict:
-    """{"cfg": the plain config dict, "job": JobSpec fields} -> the last epoch's metrics. An error the user
-    must fix leaves the worker as itself (Ray's wrappers of a decode task's error dropped), so that the
-    controller can end the run on it (callbacks.StopOnUserError)."""
+    """{"cfg": the plain config dict, "job": JobSpec fields, "channel": the driver's callbacks.ReportChannel
+    or None} -> the last epoch's metrics. An error the user must fix leaves the worker as itself (Ray's
+    wrappers of a decode task's error dropped), so that the controller can end the run on it
+    (callbacks.StopOnUserError)."""
     try:
         return run_worker(config)
     except Exception as error:
@@ -47,7 +48,8 @@ def run_worker(config: dict) -> dict:
     torch.set_num_threads(cfg.scale.torch_threads or max(1, int(cfg.scale.cpus_per_worker)))
     index = FrameIndex.read(job.index_path)
     resume = Path(job.resume_from) if job.resume_from else None
-    ctx = RayTrainContext(cfg, index.table, resume, TRAIN_DTYPES[job.stage])
+    ctx = RayTrainContext(cfg, index.table, resume, TRAIN_DTYPES[job.stage], Path(job.run_dir),
+                          config.get("channel"))
     return runner_class(job.stage)(cfg, job, ctx).fit()
 
 

@@ -11,7 +11,7 @@ from .checkpoints import CheckpointError, CheckpointKeeper, checkpoint_config, r
 
 # Keys a resumed run may change: they decide where and how fast it runs, or how long, not what it learns.
 RESUMABLE_KEYS = ("scale.", "run.", "dataset.root", "dataset.metadata", "dataset.probe_frames",
-                  "dataset.index_threads", "train.epochs", "train.keep_last", "train.fail_at_epoch")
+                  "dataset.index_threads", "train.epochs", "train.keep_last", "train.fail_at_epoch", "logging.")
 
 
 def resume_point(run_dir: Path, cfg: Config, stage: str, index: FrameIndex, out=print) -> Path | None:

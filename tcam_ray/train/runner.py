@@ -6,6 +6,7 @@ training step's loss is, and which map localises the object.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -18,12 +19,13 @@ import torch.distributed as dist
 
 from ..config import Config, to_dict
 from ..data import FrameIndex
-from ..data.frames import IMAGE, LABEL, ROW
-from ..data.pipeline import split_rows
+from ..data.frames import IMAGE, LABEL, ROW, split_rows
 from ..data.tensors import normalise
 from ..evaluation import LocalizationEvaluator
+from ..models.resnet import backbone_layout
 from .checkpoints import CheckpointKeeper, load_state
 from .metrics_log import MetricsLog
+from .progress import StepMeter
 
 
 @dataclass
@@ -152,7 +154,7 @@ class Runner(ABC):
         last: dict = {}
         for epoch in range(self.start_epoch, self.cfg.train.epochs + 1):
             self.maybe_fail(epoch)
-            train_metrics = self.train_epoch(next_epoch_follows=epoch < self.cfg.train.epochs)
+            train_metrics = self.train_epoch(next_epoch_follows=epoch < self.cfg.train.epochs, epoch=epoch)
             val_metrics = self.validate() if self.is_chief else {}
             self.scheduler.step()
             self.on_epoch_end()
@@ -185,13 +187,14 @@ class Runner(ABC):
             marker.touch()
             raise InjectedFailure(f"train.fail_at_epoch={epoch}: failing once on purpose")
 
-    def train_epoch(self, next_epoch_follows: bool = False) -> dict:
+    def train_epoch(self, next_epoch_follows: bool = False, epoch: int = 0) -> dict:
         started = time.perf_counter()
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
         waited = 0.0  # seconds blocked on the input pipeline: data-bound when close to the epoch's time
         batches = iter(self.ctx.train_batches(next_epoch_follows))
-        while True:
+        meter = self.step_meter(epoch)
+        for step in itertools.count(1):
             asked = time.perf_counter()
             batch = next(batches, None)
             waited += time.perf_counter() - asked
@@ -207,7 +210,16 @@ class Runner(ABC):
             stats = {"loss": loss.detach().float() * samples, "samples": samples, **stats}
             for name, value in stats.items():
                 sums[name] = sums.get(name, 0) + value.detach().float()
+            if meter is not None:
+                meter.update(step, sums)
         return {**self.epoch_means(sums, time.perf_counter() - started), "data_seconds": round(waited, 3)}
+
+    def step_meter(self, epoch: int) -> StepMeter | None:
+        """Rank 0's step progress for the driver's console, where the context has somewhere to send it."""
+        if not self.is_chief or self.ctx.send_progress is None:
+            return None
+        steps = self.samples_per_epoch() // self.ctx.world_size // self.cfg.input.batch_size
+        return StepMeter(self.ctx.send_progress, epoch, steps)
 
     def epoch_means(self, sums: dict[str, torch.Tensor], seconds: float) -> dict:
         names = sorted(sums)
@@ -261,7 +273,8 @@ class Runner(ABC):
                  "extra": self.extra_state(), "epoch": epoch, "best": self.best, "best_epochs": self.best_epochs}
         meta = {"stage": self.stage, "epoch": epoch, "train": train, "val": {k: val.get(k) for k in self.best},
                 "classes": self.classes, "dataset_fingerprint": self.index.info.fingerprint,
-                "arch": self.cfg.model.arch}
+                "arch": self.cfg.model.arch, "backbone": backbone_layout(
+                    self.cfg.model.arch, self.cfg.model.layer3_stride, self.cfg.model.layer4_stride)}
         folder = self.keeper.save_epoch(epoch, state, meta, to_dict(self.cfg))
         for name in improved:
             self.keeper.save_best(name, folder)

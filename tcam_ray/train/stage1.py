@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.frames import IMAGE, LABEL
-from ..data.pipeline import split_rows
+from ..data.frames import IMAGE, LABEL, split_rows
 from ..data.tensors import normalise
 from ..methods.cam import compute_cam_output
 from ..models import build_classifier

@@ -5,6 +5,17 @@ the loop runs in this process without Ray (debugging, unit tests); otherwise
 on Ray Train workers of the embedded local Ray or of the cluster at
 scale.address / RAY_ADDRESS. A run folder that already holds checkpoints is
 resumed from its last one.
+
+One checkpoint system: the run folder's checkpoints/ (CheckpointKeeper), written by rank 0. It is the one
+that is atomic and durable, carries the state file's size and SHA-256, keeps best-* copies, and is what
+a resume, `tcam-ray cams` (the CAM store's checkpoint id), `evaluate` and stage 2 read, on storage every
+node mounts. Workers report only metrics to Ray Train (no `Checkpoint`), so Ray writes no second copy of
+the model under ray/; a worker group Ray restarts (scale.max_failures) starts from the run folder's newest
+checkpoint (context.RayTrainContext.restore_checkpoint), as a rerun of the command does.
+
+Progress: each epoch's report reaches the driver through Ray Train's after_report callback
+(callbacks.ReportToDriver) or, in-process, from the loop itself; `progress.TrainingConsole` prints its
+lines and rank 0's step progress, and hands the report to the opt-in experiment loggers (experiment_log).
 """
 from __future__ import annotations
 
@@ -12,22 +23,23 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import viz
-from ..config import Config, ConfigError, ScaleConfig, is_uri, to_dict
+from ..config import Config, ConfigError, ScaleConfig, to_dict
 from ..data import DatasetError, FrameIndex, index_dataset
 from ..data.buffers import shots_from_store
 from ..data.cam_store import CamStore, checkpoint_id
 from ..runs import create_run_dir, ray_storage_path, run_folder
-from .checkpoints import STATE_FILE, CheckpointKeeper, checkpoint_config
+from .checkpoints import STATE_FILE, CheckpointKeeper, checkpoint_config, recorded_epoch
 from .context import LocalContext, buffer_source, frame_source
+from .experiment_log import check_logging_packages, experiment_log
 from .loop import job_dict, runner_class, train_loop_per_worker
 from .metrics_log import MetricsLog
+from .progress import TrainingConsole
 from .resume import resume_point
 from .runner import JobSpec
 from .stage2 import check_classifier, classifier_checkpoint
@@ -51,7 +63,7 @@ def idle_worker_env(cpus: float) -> dict[str, str]:
     (bench data, a pass of each baseline in between: 1200 -> 2000 frames/s on 2 CPUs). One spare
     per CPU on top: Ray starts a spare worker or two when tasks queue, and killing and restarting
     it cost each pass after a pause of a second or more 0.15-0.35 s on 2 CPUs."""
-    from ..data.pipeline import DECODE_CPUS
+    from ..data.frames import DECODE_CPUS
 
     return {"RAY_num_workers_soft_limit": str(int(cpus / DECODE_CPUS + cpus))}
 
@@ -69,6 +81,19 @@ def env_defaults(values: dict[str, str]):
 
 
 @contextlib.contextmanager
+def environ_restored():
+    """os.environ as it was before the block, after it: ray.init sets variables of its own in the
+    driver (PYTHONBREAKPOINT, RAY_AUTH_MODE, RAY_USAGE_STATS_ENABLED) that ray.shutdown leaves set."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        os.environ.update({key: value for key, value in saved.items() if os.environ.get(key) != value})
+
+
+@contextlib.contextmanager
 def ray_session(scale: ScaleConfig, dashboard: bool = False):
     """Attach to scale.address / RAY_ADDRESS, or start a local Ray of our own on 127.0.0.1 (stopped on
     exit): never a cluster that happens to run on this machine, which `ray.init()` would join.
@@ -81,9 +106,9 @@ def ray_session(scale: ScaleConfig, dashboard: bool = False):
         yield
         return
     address = scale.address or os.environ.get("RAY_ADDRESS")
-    # Worker logs stay in Ray's log folder; the driver prints the epochs (EpochPrinter).
+    # Worker logs stay in Ray's log folder; the driver prints the epochs and steps (progress.TrainingConsole).
     quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
-    with env_defaults(LOCAL_ENV if not address else {}):
+    with environ_restored(), env_defaults(LOCAL_ENV if not address else {}):
         if address:
             ray.init(address=address, **quiet)
         else:
@@ -100,7 +125,7 @@ def check_cpu_budget(scale: ScaleConfig) -> None:
     """Whole-CPU workers that take every CPU starve Ray Data's decode tasks: a hang, not an error."""
     import ray
 
-    from ..data.pipeline import DECODE_RESERVE_CPUS
+    from ..data.frames import DECODE_RESERVE_CPUS
 
     total = ray.cluster_resources().get("CPU", 0)
     wanted = scale.num_workers * scale.cpus_per_worker
@@ -119,6 +144,7 @@ def prepare_run(cfg: Config, stage: str, index: FrameIndex | None = None, out=pr
     before the folder is created; a folder with checkpoints resumes from its newest whole one, if
     it is the same run (`check_resume`)."""
     runner_class(stage)  # an unknown stage fails before anything is written
+    check_logging_packages(cfg.logging)
     store = read_cam_store(cfg) if stage == "tcam" else None
     if store is not None:
         classifier = classifier_checkpoint(cfg.tcam, store)
@@ -164,10 +190,11 @@ def local_source(cfg: Config, job: JobSpec, index: FrameIndex, store: CamStore |
     return buffer_source(cfg, shots_from_store(store), store.info.size, store.info.dtype)
 
 
-def fit_in_process(cfg: Config, job: JobSpec, store: CamStore | None) -> dict:
+def fit_in_process(cfg: Config, job: JobSpec, store: CamStore | None, console: TrainingConsole) -> dict:
     index = FrameIndex.read(job.index_path)
     resume = Path(job.resume_from) if job.resume_from else None
-    ctx = LocalContext(cfg, index.table, resume, local_source(cfg, job, index, store))
+    ctx = LocalContext(cfg, index.table, resume, local_source(cfg, job, index, store), on_report=console.epoch,
+                       send_progress=console.step)
     return runner_class(job.stage)(cfg, job, ctx).fit()
 
 
@@ -180,32 +207,33 @@ def ray_train_dataset(cfg: Config, index: FrameIndex, store: CamStore | None):
 
 
 def build_torch_trainer(cfg: Config, job: JobSpec, store: CamStore | None, storage_path: str, name: str,
-                        callbacks: list | None = None):
+                        callbacks: list | None = None, channel=None):
     """The TorchTrainer of one training (`tcam-ray train`, or one trial of a sweep): the workers
-    run `train_loop_per_worker` on Ray Data shards; Ray keeps its run state under
-    storage_path/name (a path or a URI Ray accepts)."""
+    run `train_loop_per_worker` on Ray Data shards; Ray keeps its run state (no checkpoints: see the
+    module's docstring) under storage_path/name (a path or a URI Ray accepts). With `channel` (a
+    callbacks.ReportChannel actor) epoch reports and rank 0's step progress go to the driver."""
     import ray.train
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from ..data.pipeline import eval_dataset
-    from .callbacks import StopOnUserError
+    from .callbacks import ReportToDriver, StopOnUserError
     from .rendezvous import NodeAddressTorchConfig
 
     index = FrameIndex.read(job.index_path)
+    to_driver = [ReportToDriver(channel)] if channel is not None else []
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "job": job_dict(job)},
+        train_loop_config={"cfg": to_dict(cfg), "job": job_dict(job), "channel": channel},
         scaling_config=ScalingConfig(num_workers=cfg.scale.num_workers, use_gpu=cfg.scale.use_gpu,
                                      resources_per_worker={"CPU": cfg.scale.cpus_per_worker}),
         torch_config=NodeAddressTorchConfig(),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-            callbacks=[StopOnUserError(), *(callbacks or [])],
+            callbacks=[StopOnUserError(), *to_driver, *(callbacks or [])],
         ),
         datasets={"train": ray_train_dataset(cfg, index, store),
                   cfg.eval.split: eval_dataset(index.table, cfg, cfg.eval.split)},
@@ -213,29 +241,35 @@ def build_torch_trainer(cfg: Config, job: JobSpec, store: CamStore | None, stora
     )
 
 
-def fit_on_ray(cfg: Config, job: JobSpec, store: CamStore | None) -> dict:
+def fit_on_ray(cfg: Config, job: JobSpec, store: CamStore | None, console: TrainingConsole) -> dict:
+    import ray
+
     from ..data.pipeline import configure_ray_data
+    from .callbacks import ReportChannel
     from .failures import training_failed, user_error_in
 
     storage = ray_storage_path(cfg.run, Path(job.run_dir))
     with ray_session(cfg.scale):
         check_cpu_budget(cfg.scale)
         configure_ray_data()
-        trainer = build_torch_trainer(cfg, job, store, storage, name=f"attempt-{time.strftime('%Y%m%d-%H%M%S')}")
+        channel = ray.remote(num_cpus=0)(ReportChannel).remote()
+        trainer = build_torch_trainer(cfg, job, store, storage, name=f"attempt-{time.strftime('%Y%m%d-%H%M%S')}",
+                                      channel=channel)
         try:
-            result = fit_in_thread(trainer)
+            result = fit_in_thread(trainer, lambda: console.handle(ray.get(channel.take.remote())))
         except Exception as error:
             raise user_error_in(error) or training_failed(error, Path(job.run_dir), ray_logs_folder()) from None
         finally:
-            prune_ray_checkpoints(storage)
+            ray.kill(channel)
     return result.return_value or result.metrics or {}
 
 
-def fit_in_thread(trainer):
+def fit_in_thread(trainer, while_waiting=lambda: None):
     """`trainer.fit()`, with Ctrl-C left to us: in the main thread Ray Train installs its own SIGINT
     handler, which aborts the run and ends the process (exit code 1, no word); in another thread it
     does not, and Ctrl-C reaches the waiting main thread as KeyboardInterrupt (the caller's
-    `ray.shutdown()` then stops the workers; checkpoints are atomic, so none is left half-written)."""
+    `ray.shutdown()` then stops the workers; checkpoints are atomic, so none is left half-written).
+    The main thread calls `while_waiting` every 0.2 s and once more when the fit has ended."""
     outcome: dict = {}
 
     def fit() -> None:
@@ -248,6 +282,8 @@ def fit_in_thread(trainer):
     thread.start()
     while thread.is_alive():
         thread.join(0.2)
+        while_waiting()
+    while_waiting()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
@@ -261,76 +297,23 @@ def ray_logs_folder() -> str:
     return node.get_logs_dir_path() if node is not None else "/tmp/ray/session_latest/logs"
 
 
-def prune_ray_checkpoints(storage: str) -> list[Path]:
-    """Ray's copies of the run's checkpoints in {storage}/attempt-*/checkpoint_* (one model copy per attempt),
-    once the attempt is over: the run folder's checkpoints/ holds the same, and resuming reads those.
-    Each attempt's small state files (Ray's run snapshot, its logs) stay. Local storage only."""
-    if is_uri(storage) or not Path(storage).is_dir():
-        return []
-    copies = [folder for attempt in Path(storage).glob("attempt-*") for folder in attempt.glob("checkpoint_*")
-              if folder.is_dir()]
-    for folder in copies:
-        shutil.rmtree(folder, ignore_errors=True)
-    return copies
-
-
-class EpochPrinter:
-    """Prints each new metrics.jsonl line as it appears, from a thread of the driver
-    (Ray Train workers write the file; their own logs stay in Ray's log folder). Lines that a
-    resume cuts and trains again are printed again."""
-
-    def __init__(self, path: Path, epochs: int, out=print, interval: float = 0.5):
-        self.log = MetricsLog(path)
-        self.epochs = epochs
-        self.out = out
-        self.interval = interval
-        self.shown = self.log.records()
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self.watch, daemon=True)
-
-    def __enter__(self) -> "EpochPrinter":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop_event.set()
-        self.thread.join()
-        self.show_new()
-
-    def watch(self) -> None:
-        while not self.stop_event.wait(self.interval):
-            self.show_new()
-
-    def show_new(self) -> None:
-        records = self.log.records()
-        kept = 0  # lines shown before and still there
-        while kept < min(len(records), len(self.shown)) and records[kept] == self.shown[kept]:
-            kept += 1
-        for record in records[kept:]:
-            self.out(epoch_line(record, self.epochs))
-        self.shown = records
-
-
-def epoch_line(record: dict, epochs: int) -> str:
-    head = f"epoch {record['epoch']}/{epochs} {record['split']:>5}:"
-    if record["split"] == "train":
-        waited = f", {record['data_seconds']:.1f} s waiting for data" if "data_seconds" in record else ""
-        return f"{head} loss {record['loss']:.3f}  top1 {record['top1']:.1f}%  ({record.get('seconds', 0):.1f} s{waited})"
-    if record.get("corloc") is None:
-        return f"{head} no frames with boxes"
-    return f"{head} CorLoc {record['corloc']:.1f}%  MaxBoxAccV2 {record['maxboxacc_v2']:.1f}%  top1 {record['top1']:.1f}%"
-
-
 def run_training(cfg: Config, stage: str = "cam", out=print) -> TrainResult:
-    """Train (resuming the run folder's last checkpoint if any); `out` receives one line per epoch and split.
+    """Train (resuming the run folder's last checkpoint if any); `out` receives one line per epoch and split,
+    and now and then the epoch's step progress (redrawn in place instead when `out` is print to a terminal).
     Ctrl-C ends it with an InterruptedRunError that says how to resume."""
     from .failures import interrupted
 
     cfg, run_dir, job, store = prepare_run(cfg, stage, out=out)
+    resumed_after = (recorded_epoch(Path(job.resume_from)) or 0) if job.resume_from else 0
     try:
-        with EpochPrinter(job.metrics_path, cfg.train.epochs, out):
+        with experiment_log(cfg, run_dir) as loggers:
+            console = TrainingConsole(cfg.train.epochs, cfg.eval.split, out, first_epoch=resumed_after + 1,
+                                      loggers=loggers, quiet_interval=cfg.logging.progress_interval)
             fit = fit_in_process if cfg.scale.num_workers == 0 else fit_on_ray
-            metrics = fit(cfg, job, store)
+            try:
+                metrics = fit(cfg, job, store, console)
+            finally:
+                console.clear_step()
     except KeyboardInterrupt:
         raise interrupted(run_dir) from None
     viz.plot_training_curves(MetricsLog(job.metrics_path).records(), run_dir / "curves.png")

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from ..config import ScaleConfig
-from ..data.pipeline import DECODE_RESERVE_CPUS
+from ..data.frames import DECODE_RESERVE_CPUS
 
 # Tune holds this for the trial's driver function (`{"cpu": 0}` is refused; 0.1 measured to work).
 DRIVER_CPUS = 0.1

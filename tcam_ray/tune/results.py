@@ -138,13 +138,12 @@ def write_best_yaml(row: TrialRow, sweep: Sweep, path: Path) -> Path:
 
 def plot_curves(rows: list[TrialRow], sweep: Sweep, path: Path) -> Path:
     """The metric against the epoch, one line per trial; a cross marks where ASHA stopped a trial."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    from ..viz import new_figure, save_figure
+
+    figure = new_figure(figsize=(7, 4.5))
+    axes = figure.subplots()
     for row in rows:
         if not row.curve:
             continue
@@ -161,7 +160,4 @@ def plot_curves(rows: list[TrialRow], sweep: Sweep, path: Path) -> Path:
     axes.grid(alpha=0.3)
     if any(row.curve for row in rows):
         axes.legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=120)

@@ -1,7 +1,8 @@
-"""Sweep files (configs/tune-*.yaml): a search space over a training config, and how to search it.
+"""Sweep files (tune-*.yaml of the packaged configs): a search space over a training config, and how to search it.
 
 ```yaml
-config: synthetic-cam.yaml      # the training config every trial starts from (relative to this file)
+config: synthetic-cam.yaml      # the training config every trial starts from (relative to this file, or a
+                                # packaged config's name)
 stage: cam                      # cam (stage 1) or tcam (stage 2)
 space:                          # dotted keys of the training config -> one distribution each
   train.lr: {loguniform: [0.005, 0.2]}
@@ -14,7 +15,8 @@ asha: {max_t: 6, grace_period: 1, reduction_factor: 2}
 
 Loading is as strict as for training configs (tcam_ray/config/loader.py): an unknown key, a
 wrong type, a dotted key that is not in the training config or a value it would refuse is an
-error naming the file, the key and the closest valid key.
+error naming the file, the key and the closest valid key. A sweep file too may be named by
+its packaged name (`tcam-ray tune --config tune-synthetic`).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from ..config import Config, ConfigError, load, resolve_paths, to_dict
-from ..config.loader import closest_name, from_dict, read_config_file
+from ..config.loader import closest_name, from_dict, read_config_file, resolve_config_file
 from ..config.schema import require
 from .search_space import Dimension, parse_space
 
@@ -51,7 +53,7 @@ class AshaSettings:
 class SweepFile:
     """The keys a sweep file may hold."""
 
-    config: Optional[str] = None  # the training config (relative to the sweep file)
+    config: Optional[str] = None  # the training config (relative to the sweep file, or a packaged config's name)
     stage: Literal["cam", "tcam"] = "cam"
     space: dict[str, Any] = field(default_factory=dict)  # dotted key -> {choice|grid|uniform|loguniform: ...}
     num_samples: int = 1
@@ -98,7 +100,11 @@ class Sweep:
         return {**to_dict(self.settings), "config": str(self.training_config_path())}
 
     def training_config_path(self) -> Path:
-        return (self.path.parent / self.settings.config).resolve()
+        return training_config_path(self.path, self.settings)
+
+
+def training_config_path(sweep_path: Path, settings: SweepFile) -> Path:
+    return resolve_config_file(settings.config, folder=sweep_path.parent).resolve()
 
 
 def read_sweep_file(path: str | Path) -> SweepFile:
@@ -122,12 +128,12 @@ def check_metric(metric: str, origin: str) -> None:
 def load_sweep(path: str | Path, overrides: list[str] | None = None, **settings_changes) -> Sweep:
     """The sweep file at `path` over its training config with `overrides` (--set) applied;
     `settings_changes` replace sweep settings given on the command line (None: not given)."""
-    path = Path(path)
+    path = resolve_config_file(path)
     settings = read_sweep_file(path)
     changes = {key: value for key, value in settings_changes.items() if value is not None}
     if changes:
         settings = dataclasses.replace(settings, **changes)
-    training = (path.parent / settings.config).resolve()
+    training = training_config_path(path, settings)
     for text in overrides or []:
         if text.partition("=")[0].strip() == "train.epochs":
             raise ConfigError(f"--set {text}: a sweep's trials train asha.max_t epochs ({settings.asha.max_t} in {path}); "

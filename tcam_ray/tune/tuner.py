@@ -7,7 +7,7 @@ The sweep folder ({run.root}/{run.name}, default tune-{timestamp}):
     frame_index.parquet        the dataset, indexed once for every trial
     trials/{trial id}/         each trial's run folder (as `tcam-ray train` writes)
     ray/                       Ray's state (unless run.storage): tune/ (Tune's experiment, for
-                               Tuner.restore) and train/{trial id}/ (Ray Train's checkpoints)
+                               Tuner.restore) and train/{trial id}/ (Ray Train's run state)
     results.csv, best.yaml, {metric}.png
 
 Running the same sweep into the same folder again restores the Tune experiment

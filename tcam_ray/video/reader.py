@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv", ".flv")
 GLOB_CHARS = set("*?[")
+FALLBACK_FPS = 25.0  # for a video whose container gives neither frame times nor a frame rate
 TRUNCATION_TOLERANCE = 0.01  # announced frame counts of some containers are estimates
 MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid"}
 
@@ -230,6 +231,7 @@ class VideoReader:
         self.capture, self.info = open_capture(self.path)
         self.frames_read = 0
         self.frame_size: tuple[int, int] | None = None  # (width, height) of the decoded frames
+        self.times_ms: list[float] = []  # each frame's presentation time from the stream's start (FFmpeg's pts)
 
     def __enter__(self) -> "VideoReader":
         return self
@@ -253,6 +255,7 @@ class VideoReader:
             if not ok or frame is None:
                 break
             self.check_frame(frame)
+            self.times_ms.append(float(self.capture.get(cv2.CAP_PROP_POS_MSEC)))
             yield self.frames_read, frame
             self.frames_read += 1
         self.check_complete()
@@ -267,6 +270,15 @@ class VideoReader:
                 batch = []
         if batch:
             yield self.frames_read - len(batch), batch
+
+    def frame_times(self) -> tuple[np.ndarray, str]:
+        """(times in seconds of the frames read so far, where they came from): the container's
+        presentation times, or index / frame rate where the container gives none that increase."""
+        times = np.array(self.times_ms) / 1000
+        if len(times) < 2 or np.all(np.diff(times) > 0):
+            return times, "container"
+        fps = self.info.fps or FALLBACK_FPS
+        return np.arange(len(times)) / fps, f"frame index / {fps:g} fps (the container gives no increasing times)"
 
     def check_frame(self, frame: np.ndarray) -> None:
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
