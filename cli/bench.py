@@ -42,14 +42,14 @@ def seeds_cases(cfg: Config, repeats: int, threads: Optional[int]):
     return run_seeds_bench(repeats)
 
 
-def track_cases(cfg: Config, checkpoint: Optional[Path], split: str):
+def track_cases(cfg: Config, checkpoint: Optional[Path], split: str, plot: Optional[Path] = None):
     from tcam_ray.bench.track import run_track_bench
 
     if checkpoint is None:
         raise CliError("bench track needs --checkpoint CKPT (a checkpoint folder of either stage)")
     if not checkpoint.is_dir():
         raise CliError(f"--checkpoint {checkpoint}: no such checkpoint folder")
-    return run_track_bench(cfg, checkpoint, split)
+    return run_track_bench(cfg, checkpoint, split, plot)
 
 
 BENCHES = {"crf": crf_cases, "data": data_cases, "train": train_cases, "store": store_cases, "seeds": seeds_cases,
@@ -62,6 +62,8 @@ def bench(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for crf (default: torch's).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="track: the checkpoint to localize with.")] = None,
     split: Annotated[str, typer.Option(help="track: the split whose shots are localized.")] = "test",
+    plot: Annotated[Optional[Path], typer.Option(help="track: a PNG of the shot whose own boxes jitter most, with "
+                                                      "its own and smoothed boxes.", show_default=False)] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ):
@@ -72,6 +74,6 @@ def bench(
     if kind not in BENCHES:
         raise CliError(f"unknown bench kind {kind!r}; known kinds: {', '.join(BENCHES)}")
     cfg = load_config(config, set_)
-    cases = track_cases(cfg, checkpoint, split) if kind == "track" else BENCHES[kind](cfg, repeats, threads)
+    cases = track_cases(cfg, checkpoint, split, plot) if kind == "track" else BENCHES[kind](cfg, repeats, threads)
     for record in cases:
         print(json.dumps(record), flush=True)

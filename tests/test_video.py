@@ -534,11 +534,13 @@ def test_localize_on_ray_data_matches_in_process(synthetic_runs, clips, bad_vide
     check_outputs(tmp_path / "ray" / clips["bunny"].stem, clips["bunny"], frames=20)
 
 
-def test_bench_track_measures_the_smoothing_on_a_splits_shots(synthetic_runs):
+def test_bench_track_measures_the_smoothing_on_a_splits_shots(synthetic_runs, tmp_path):
     from tcam_ray.bench.track import run_track_bench
 
     cfg, stage1, _ = synthetic_runs
-    records = {r["case"]: r for r in run_track_bench(cfg, stage1.best_corloc, "val")}
+    plot = tmp_path / "smoothing.png"
+    records = {r["case"]: r for r in run_track_bench(cfg, stage1.best_corloc, "val", plot=plot)}
+    assert cv2.imread(str(plot)).shape[1] > 1000  # the shot's frames and the two curves
     default = cfg.video.min_presence
     assert set(records) == {f"{m}@min_presence={p:g}" for m in ("corloc", "one_minus_iou", "centre_shift")
                             for p in (default, 0)}

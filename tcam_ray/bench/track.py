@@ -30,7 +30,7 @@ from ..config import Config
 from ..data import metadata_folder
 from ..data.frame_index import list_shot_frames
 from ..data.layout import read_metadata
-from ..video.localize import FramePredictions, Localizer, TrackBuilder, abstain
+from ..video.localize import FramePredictions, Localizer, Track, TrackBuilder, abstain
 from ..video.track import jitter, pairwise_iou
 from .common import log, record
 
@@ -65,15 +65,21 @@ def predict_shots(localizer: Localizer, root: Path, shots: OrderedDict[str, list
     return found
 
 
+def shot_track(localizer: Localizer, shot: FramePredictions, min_presence: float, smooth: bool,
+               sigma_s: float | None = None) -> Track:
+    """One shot's track (its frames FRAME_RATE apart, no cut inside)."""
+    builder = TrackBuilder(localizer)
+    builder.add(abstain(shot, min_presence))
+    return builder.finish(np.arange(len(shot.found)) / FRAME_RATE, [], smooth=smooth, sigma_s=sigma_s)
+
+
 def case_measures(localizer: Localizer, predictions: list[FramePredictions], shots: OrderedDict[str, list[str]],
                   truth: dict[str, list], root: Path, min_presence: float, smooth: bool,
                   sigma_s: float | None = None) -> dict:
     hits = listed = pairs = absent_listed = boxes_when_absent = 0
     shifts, changes = [], []
     for frame_ids, shot in zip(shots.values(), predictions):
-        builder = TrackBuilder(localizer)
-        builder.add(abstain(shot, min_presence))
-        track = builder.finish(np.arange(len(frame_ids)) / FRAME_RATE, [], smooth=smooth, sigma_s=sigma_s)
+        track = shot_track(localizer, shot, min_presence, smooth, sigma_s)
         height, width = cv2.imread(str(root / frame_ids[0])).shape[:2]
         moved = jitter(track.boxes, track.found, [(0, len(frame_ids))], (width, height))
         if moved["pairs"]:
@@ -95,7 +101,53 @@ def case_measures(localizer: Localizer, predictions: list[FramePredictions], sho
             "frames_without_gt": absent_listed, "boxes_on_frames_without_gt": boxes_when_absent}
 
 
-def run_track_bench(cfg: Config, checkpoint: str | Path, split: str):
+def most_jittery_shot(localizer: Localizer, predictions: list[FramePredictions], min_presence: float) -> int:
+    """The shot whose own boxes change most from frame to frame (mean 1 - IoU), among shots of 8+ frames."""
+    def change(shot: FramePredictions) -> float:
+        track = shot_track(localizer, shot, min_presence, smooth=False)
+        measured = jitter(track.boxes, track.found, [(0, len(track.found))], (1, 1))["one_minus_iou"]
+        return -1.0 if measured is None else measured  # None: no two consecutive frames with a box
+    return max((i for i, shot in enumerate(predictions) if len(shot.found) >= 8),
+               key=lambda i: change(predictions[i]), default=0)
+
+
+def plot_shot(path: Path, root: Path, frame_ids: list[str], raw: Track, smoothed: Track,
+              truth: dict[str, list], tiles: int = 6) -> Path:
+    """A shot's frames with their own (red) and smoothed (yellow) boxes and the ground truth (green), and the
+    boxes' centre x and width over the shot."""
+    from ..viz import GT_COLOUR, PRED_COLOUR, draw_boxes, new_figure, save_figure
+
+    smoothed_colour = (0, 220, 255)  # BGR yellow
+    picks = np.linspace(0, len(frame_ids) - 1, tiles).round().astype(int)
+    fig = new_figure(figsize=(2.2 * tiles, 5.2))
+    grid = fig.add_gridspec(2, tiles, height_ratios=[1, 1.1])
+    for column, index in enumerate(picks):
+        frame = cv2.imread(str(root / frame_ids[index]))
+        frame = draw_boxes(frame, truth.get(frame_ids[index], []), GT_COLOUR)
+        frame = draw_boxes(frame, raw.boxes[index][None] if raw.found[index] else [], PRED_COLOUR)
+        frame = draw_boxes(frame, smoothed.boxes[index][None] if smoothed.found[index] else [], smoothed_colour, 2)
+        ax = fig.add_subplot(grid[0, column])
+        ax.imshow(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        ax.set_title(f"frame {index}", fontsize=9)
+        ax.axis("off")
+    for column, (name, measure) in enumerate((("centre x (px)", lambda b: (b[:, 0] + b[:, 2]) / 2),
+                                              ("width (px)", lambda b: b[:, 2] - b[:, 0]))):
+        ax = fig.add_subplot(grid[1, column * tiles // 2:(column + 1) * tiles // 2])
+        frames = np.arange(len(frame_ids))
+        for track, label, colour in ((raw, "each frame's own box", "tab:red"), (smoothed, "smoothed", "goldenrod")):
+            ax.plot(frames, np.where(track.found, measure(track.boxes), np.nan), label=label, color=colour)
+        listed = [(i, box) for i, frame_id in enumerate(frame_ids) for box in truth.get(frame_id, [])[:1]]
+        if listed:
+            ax.plot([i for i, _ in listed], measure(np.array([box for _, box in listed], np.float64)), "o",
+                    color="tab:green", label="ground truth")
+        ax.set_xlabel("frame")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def run_track_bench(cfg: Config, checkpoint: str | Path, split: str, plot: Path | None = None):
     """JSON records (bench/common.py's form): per min_presence (the configured one and 0), smoothed
     (value) against each frame's own box (baseline) for CorLoc and the two jitter measures."""
     started = time.perf_counter()
@@ -107,6 +159,12 @@ def run_track_bench(cfg: Config, checkpoint: str | Path, split: str):
     log(f"bench track: {checkpoint} ({localizer.stage}) on {split}: {len(shots)} shots, "
         f"threshold {localizer.threshold:.2f} ({localizer.threshold_source})")
     predictions = predict_shots(localizer, root, shots)
+    if plot is not None:
+        shown = most_jittery_shot(localizer, predictions, configured)
+        frame_ids = list(shots.values())[shown]
+        plot_shot(plot, root, frame_ids, shot_track(localizer, predictions[shown], configured, smooth=False),
+                  shot_track(localizer, predictions[shown], configured, smooth=True), truth)
+        log(f"bench track: {plot}: shot {list(shots)[shown]}, raw and smoothed boxes")
     for min_presence in dict.fromkeys([configured, 0.0]):
         raw, viterbi_only, smoothed = (case_measures(localizer, predictions, shots, truth, root, min_presence,
                                                      smooth, sigma_s)
