@@ -3,6 +3,7 @@ training, resume, a crashed worker, the CAM store and evaluation."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from tcam_ray.data.pipeline import eval_dataset, train_dataset
 from tcam_ray.data.synthetic import generate
 from tcam_ray.train.cams import fill_cam_store
 from tcam_ray.train.checkpoints import checkpoint_config, read_meta
+from tcam_ray.train.evaluate import evaluate_checkpoint
 from tcam_ray.train.trainer import check_cpu_budget, run_training
 
 from .conftest import tiny_run_config
@@ -152,6 +154,35 @@ def test_two_ray_workers_survive_a_crashed_worker(local_ray, dataset_root, tmp_p
     assert [r["epoch"] for r in records if r["split"] == "train"] == [1, 2, 3]
     assert records[0]["samples"] == FRAMES  # two shards of 32 frames each, all counted
     assert result.metrics["epoch"] == 3 and read_meta(result.last)["epoch"] == 3
+
+
+def test_the_eval_split_is_shared_out_whole_and_the_train_split_evenly(local_ray):
+    import ray.data
+
+    from tcam_ray.train.sharding import TrainAndEvalShards
+
+    datasets = {"train": ray.data.range(21, override_num_blocks=7), "val": ray.data.range(17, override_num_blocks=5)}
+    shards = TrainAndEvalShards("val").configure(datasets, 2, None, None)
+    with ThreadPoolExecutor(2) as workers:  # split iterators start together, as Train workers do
+        rows = {name: list(workers.map(lambda shard: [row["id"] for row in shard[name].iter_rows()], shards))
+                for name in datasets}
+    assert sorted(rows["val"][0] + rows["val"][1]) == list(range(17)) and all(rows["val"])  # each frame once
+    assert len(rows["train"][0]) == len(rows["train"][1])  # DDP steps in lockstep
+
+
+def test_two_workers_validate_a_shard_each_and_agree_with_one_validating_alone(local_ray, dataset_root, tmp_path):
+    """Each worker validates its share of the val split (small decode blocks, so both get some) and the
+    summed counts give what evaluating the same checkpoint in one process gives."""
+    cfg = config(dataset_root, tmp_path, "scale.num_workers=2", "scale.cpus_per_worker=0.5", "train.epochs=1",
+                 "input.decode_batch_size=4", "input.sampling=all")
+    run_training(cfg)
+    [val] = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "val"]
+    alone = evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "epoch-0001", cfg, "val", tmp_path / "alone")
+    [scores] = alone["stages"].values()
+    assert scores["frames"] == index_dataset(cfg.dataset).split("val").num_rows == 16
+    for key in ("corloc", "maxboxacc_v2", "top1"):
+        assert val[key] == pytest.approx(scores[key], abs=1e-9), key
 
 
 # --------------------------------------------------------------------------- CAM store and evaluation

@@ -155,7 +155,7 @@ class Runner(ABC):
         for epoch in range(self.start_epoch, self.cfg.train.epochs + 1):
             self.maybe_fail(epoch)
             train_metrics = self.train_epoch(next_epoch_follows=epoch < self.cfg.train.epochs, epoch=epoch)
-            val_metrics = self.validate() if self.is_chief else {}
+            val_metrics = self.validate()
             self.scheduler.step()
             self.on_epoch_end()
             last = self.end_epoch(epoch, train_metrics, val_metrics)
@@ -234,7 +234,9 @@ class Runner(ABC):
 
     def validate(self) -> dict:
         """The eval split's metrics of the stage's map; with extra map methods also their CorLoc,
-        MaxBoxAccV2 and best threshold as corloc_{method}, ... ."""
+        MaxBoxAccV2 and best threshold as corloc_{method}, ... . Each worker validates its shard of the
+        split (sharding.TrainAndEvalShards) and every worker returns the metrics of the whole split."""
+        started = time.perf_counter()
         self.core.eval()
         methods = [None, *self.extra_map_methods()]
         evaluators = {method: LocalizationEvaluator(len(self.classes), self.classes, self.cfg.eval.thresholds,
@@ -246,11 +248,25 @@ class Runner(ABC):
             for method, evaluator in evaluators.items():
                 maps, predictions = self.maps_and_predictions(images, batch[LABEL], method)
                 evaluator.add(maps, boxes, sizes, batch[LABEL].cpu().numpy(), predictions.cpu().numpy())
+        for evaluator in evaluators.values():
+            self.add_other_workers_counts(evaluator)
         result = evaluators[None].result()
         for method in methods[1:]:
             extra = evaluators[method].result()
             result.update({f"{key}_{method}": extra[key] for key in EXTRA_METHOD_KEYS})
-        return result
+        return {**result, "seconds": round(time.perf_counter() - started, 3)}
+
+    def add_other_workers_counts(self, evaluator: LocalizationEvaluator) -> None:
+        """Each worker validated its shard of the eval split: every worker's evaluator gets the counts of all."""
+        if self.ctx.world_size == 1:
+            return
+        mine = evaluator.state()
+        names = sorted(mine)
+        flat = torch.from_numpy(np.concatenate([mine[name].ravel() for name in names])).to(self.ctx.device)
+        others = (all_reduce_sum(flat.clone(), self.ctx.world_size) - flat).cpu().numpy()
+        ends = np.cumsum([mine[name].size for name in names])
+        evaluator.merge({name: part.reshape(mine[name].shape)
+                         for name, part in zip(names, np.split(others, ends[:-1]))})
 
     def end_epoch(self, epoch: int, train: dict, val: dict) -> dict:
         metrics = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}}

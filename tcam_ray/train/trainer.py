@@ -213,12 +213,13 @@ def build_torch_trainer(cfg: Config, job: JobSpec, store: CamStore | None, stora
     module's docstring) under storage_path/name (a path or a URI Ray accepts). With `channel` (a
     callbacks.ReportChannel actor) epoch reports and rank 0's step progress go to the driver."""
     import ray.train
-    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from ..data.pipeline import eval_dataset
     from .callbacks import ReportToDriver, StopOnUserError
     from .rendezvous import NodeAddressTorchConfig
+    from .sharding import TrainAndEvalShards
 
     index = FrameIndex.read(job.index_path)
     to_driver = [ReportToDriver(channel)] if channel is not None else []
@@ -237,7 +238,7 @@ def build_torch_trainer(cfg: Config, job: JobSpec, store: CamStore | None, stora
         ),
         datasets={"train": ray_train_dataset(cfg, index, store),
                   cfg.eval.split: eval_dataset(index.table, cfg, cfg.eval.split)},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=TrainAndEvalShards(cfg.eval.split),
     )
 
 
