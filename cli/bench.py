@@ -42,6 +42,12 @@ def seeds_cases(cfg: Config, repeats: int, threads: Optional[int]):
     return run_seeds_bench(repeats)
 
 
+def scale_cases(cfg: Config, repeats: int, threads: Optional[int]):
+    from tcam_ray.bench.scale import run_scale_bench
+
+    return run_scale_bench(cfg, repeats)
+
+
 def track_cases(cfg: Config, checkpoint: Optional[Path], split: str, plot: Optional[Path] = None):
     from tcam_ray.bench.track import run_track_bench
 
@@ -52,8 +58,8 @@ def track_cases(cfg: Config, checkpoint: Optional[Path], split: str, plot: Optio
     return run_track_bench(cfg, checkpoint, split, plot)
 
 
-BENCHES = {"crf": crf_cases, "data": data_cases, "train": train_cases, "store": store_cases, "seeds": seeds_cases,
-           "track": track_cases}
+BENCHES = {"crf": crf_cases, "data": data_cases, "train": train_cases, "scale": scale_cases, "store": store_cases,
+           "seeds": seeds_cases, "track": track_cases}
 
 
 def bench(
@@ -69,7 +75,7 @@ def bench(
 ):
     """Benchmark KIND against its baseline measured in the same run; prints one JSON line per case.
 
-    crf: CRF loss forward+backward vs the reference's per-channel strategy. data: Ray Data pipeline vs a torch DataLoader. train: one-worker Ray Train step throughput vs the same loop in-process. store: CAM store bytes per frame vs one float32 full-size map per frame. seeds: the batched stage-2 pseudo-label step vs a per-frame NumPy/OpenCV reference. track: a checkpoint's boxes along each shot of --split, smoothed (video.smooth) vs each frame's own box: CorLoc at its threshold and frame-to-frame jitter, with and without video.min_presence. data/train/store run on the config's dataset, or generate the synthetic one when it is absent.
+    crf: CRF loss forward+backward vs the reference's per-channel strategy. data: Ray Data pipeline vs a torch DataLoader. train: one-worker Ray Train step throughput vs the same loop in-process. scale: stage 1 and stage 2 training samples/s at 1, 2, 4, ... workers up to the cluster's CPUs (GPUs with scale.use_gpu), with scaling efficiency against the one-worker figure. store: CAM store bytes per frame vs one float32 full-size map per frame. seeds: the batched stage-2 pseudo-label step vs a per-frame NumPy/OpenCV reference. track: a checkpoint's boxes along each shot of --split, smoothed (video.smooth) vs each frame's own box: CorLoc at its threshold and frame-to-frame jitter, with and without video.min_presence. data/train/scale/store run on the config's dataset, or generate the synthetic one when it is absent.
     """
     if kind not in BENCHES:
         raise CliError(f"unknown bench kind {kind!r}; known kinds: {', '.join(BENCHES)}")

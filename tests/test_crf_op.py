@@ -465,4 +465,4 @@ def test_cli_doctor_and_bench_kinds(cli):
     result = cli("doctor")
     assert result.returncode == 0 and "CPU kernels:         yes" in result.stdout
     result = cli("bench", "nope")
-    assert result.returncode == 2 and "known kinds: crf, data, train, store, seeds" in result.stderr
+    assert result.returncode == 2 and "known kinds: crf, data, train, scale, store, seeds, track" in result.stderr

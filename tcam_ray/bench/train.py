@@ -18,9 +18,16 @@ THREADS = 1
 
 
 def throughput(cfg: Config, run_root: Path, name: str, workers: int) -> float:
+    scale = dataclasses.replace(cfg.scale, cpus_per_worker=float(THREADS))
+    return timed_throughput(dataclasses.replace(cfg, scale=scale), run_root, name, workers)
+
+
+def timed_throughput(cfg: Config, run_root: Path, name: str, workers: int, stage: str = "cam") -> float:
+    """Training samples per second of train-step time over the epochs after the first (a warm-up),
+    all workers together (each epoch record counts the samples of every worker)."""
     run = dataclasses.replace(cfg.run, root=str(run_root), name=name)
-    scale = dataclasses.replace(cfg.scale, num_workers=workers, cpus_per_worker=float(THREADS), max_failures=0)
-    run_training(dataclasses.replace(cfg, run=run, scale=scale), out=lambda line: log(f"{name}: {line}"))
+    scale = dataclasses.replace(cfg.scale, num_workers=workers, max_failures=0)
+    run_training(dataclasses.replace(cfg, run=run, scale=scale), stage, out=lambda line: log(f"{name}: {line}"))
     epochs = [r for r in MetricsLog(run_root / name / "metrics.jsonl").records() if r["split"] == "train"][1:]
     return sum(r["samples"] for r in epochs) / sum(r["seconds"] for r in epochs)
 
