@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from .config import Config, ConfigError, resolve_paths
 from .config import load as _load
+from .data.cam_store import StoreSummary as CamStoreSummary
 
 if TYPE_CHECKING:
     import numpy as np
@@ -94,14 +95,6 @@ def train(cfg: Config, stage: str = "cam", cams: str | Path | CamStoreSummary | 
 # --------------------------------------------------------------------------- the CAM store
 
 
-@dataclass(frozen=True)
-class CamStoreSummary:
-    path: Path
-    frames: int
-    bytes_per_frame: float
-    seconds: float
-
-
 def store_path(cams: str | Path | CamStoreSummary) -> Path:
     return cams.path if isinstance(cams, CamStoreSummary) else Path(cams)
 
@@ -117,7 +110,7 @@ def fill_cam_store(cfg: Config, checkpoint: str | Path, out: str | Path | None =
     summary = fill(cfg, Path(checkpoint).resolve(), Path(out) if out is not None else run_dir / "cams.parquet")
     if run_dir is not None:
         create_run_dir(cfg, "cams", run_dir)
-    return CamStoreSummary(summary.path, summary.frames, summary.bytes_per_frame, summary.seconds)
+    return summary
 
 
 # --------------------------------------------------------------------------- evaluation

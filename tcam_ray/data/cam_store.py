@@ -30,6 +30,15 @@ MAX_SIZE = 32767  # the largest float16 maps whose bytes fit a fixed-size binary
 
 
 @dataclass(frozen=True)
+class StoreSummary:
+    """A filled store: where, how many frames, how large, how long it took."""
+    path: Path
+    frames: int
+    bytes_per_frame: float
+    seconds: float
+
+
+@dataclass(frozen=True)
 class StoreInfo:
     dataset: str
     dataset_fingerprint: str

@@ -8,7 +8,6 @@ checkpoint's id.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 
 from ..config import Config
 from ..data import FrameIndex, index_dataset
-from ..data.cam_store import CamStoreWriter, StoreInfo, checkpoint_id
+from ..data.cam_store import CamStoreWriter, StoreInfo, StoreSummary, checkpoint_id
 from ..data.frames import IMAGE, LABEL, ROW, split_rows
 from ..data.tensors import normalise
 from ..methods.cam import compute_cams
@@ -41,14 +40,6 @@ class CamPredictor:
         classes = labels if self.target == "true" else None
         maps = compute_cams(self.model, images, classes, self.method, output_size=self.size)
         return {ROW: batch[ROW], "cam": maps.cpu().numpy()}
-
-
-@dataclass
-class StoreSummary:
-    path: Path
-    frames: int
-    bytes_per_frame: float
-    seconds: float
 
 
 def store_info(cfg: Config, index: FrameIndex, checkpoint: Path) -> StoreInfo:
