@@ -1,6 +1,6 @@
-"""Faults on Ray, through the CLI as a user meets them: another Ray cluster on the machine, a training
-worker SIGKILLed mid-run, Ctrl-C, retries exhausted, a corrupt frame met by a decode task. Also what
-listens on the network while 2 workers train. Stops only the processes it started."""
+"""Faults on Ray, through the CLI as a user meets them: another Ray cluster on the machine, Ctrl-C, retries
+exhausted, a corrupt frame met by a decode task. Also what listens on the network while 2 workers train.
+Stops only the processes it started. A lost worker node: test_multinode.py."""
 from __future__ import annotations
 
 import json
@@ -143,25 +143,16 @@ def foreign_ray_head(short_ray_tmp, tmp_path):
                 pass
 
 
-def test_two_workers_on_their_own_local_ray_survive_a_killed_worker(foreign_ray_head, dataset_root, tmp_path):
+def test_two_workers_train_on_their_own_local_ray_listening_on_loopback(foreign_ray_head, dataset_root, tmp_path):
     """With another cluster's address in the default place, `tcam-ray train` (no --address) starts its own
-    Ray; its processes listen on loopback only (the DDP store too); a worker SIGKILLed after epoch 1 is
-    replaced and the run goes on from its checkpoint, every epoch logged once; Ray holds no
-    copy of a checkpoint (the workers restart from the run folder's own)."""
+    Ray, and its processes listen on loopback only (the DDP store too). (A worker lost mid-run:
+    test_multinode.py loses a whole node.)"""
     env, foreign_session = foreign_ray_head
     run_dir = tmp_path / "runs" / "run"
-    process = subprocess.Popen(train_command(dataset_root, tmp_path / "runs", "train.epochs=4", "scale.max_failures=1"),
+    process = subprocess.Popen(train_command(dataset_root, tmp_path / "runs", "train.epochs=2"),
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    listeners, killed = set(), None
+    listeners = set()
     try:
-        def first_checkpoint_written() -> bool:
-            listeners.update(listeners_of(children_of(process.pid)))
-            return (run_dir / "checkpoints" / "epoch-0001" / "meta.json").exists() or process.poll() is not None
-        wait_for(first_checkpoint_written, what="epoch 1's checkpoint")
-        workers = [pid for pid in children_of(process.pid) if command_line(pid).startswith("ray::RayTrainWorker")]
-        assert workers, "no training worker found"
-        killed = workers[-1]
-        os.kill(killed, signal.SIGKILL)
         while process.poll() is None:
             listeners.update(listeners_of(children_of(process.pid)))
             time.sleep(0.5)
@@ -170,12 +161,10 @@ def test_two_workers_on_their_own_local_ray_survive_a_killed_worker(foreign_ray_
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, stdout + stderr
-    assert epochs_logged(run_dir) == [(e, s) for e in range(1, 5) for s in ("train", "val")]
+    assert epochs_logged(run_dir) == [(e, s) for e in (1, 2) for s in ("train", "val")]
     assert not list(foreign_session.glob("logs/python-core-driver-*")), "attached to the other cluster"
     assert any("RayTrainWorker" in command for *_, command in listeners), listeners  # the DDP store was seen
     assert all(is_loopback(address) for address, *_ in listeners), sorted(listeners)
-    assert not list((tmp_path / "tmp").glob("checkpoint_tmp_*"))
-    assert not [path for path in (run_dir / "ray").glob("attempt-*/checkpoint_*") if path.is_dir()]
 
 
 def test_ctrl_c_on_ray_then_retries_exhausted_say_how_to_resume(dataset_root, tmp_path):

@@ -116,7 +116,12 @@ def test_a_ray_fit_reports_through_its_callback_logs_and_keeps_one_checkpoint_sy
     cfg = tiny_run_config(dataset_root, tmp_path, "train.epochs=2", "scale.num_workers=1",
                           "scale.cpus_per_worker=0.5", *ALL_LOGGERS)
     result = run_training(cfg, out=lines.append)
-    assert [line for line in lines if not STEP_LINE.match(line)] == [epoch_line(r, 2) for r in records(result.run_dir)]
+    (placement,) = [json.loads(line) for line in (result.run_dir / "workers.jsonl").read_text().splitlines()]
+    (worker,) = placement["workers"]
+    assert (worker["rank"], worker["ip"], worker["device"]) == (0, "127.0.0.1", "cpu")
+    shown = [line for line in lines if not STEP_LINE.match(line)]
+    assert shown == [f"workers: 1 on 1 node: rank 0 on 127.0.0.1 (node {worker['node_id'][:8]}, cpu)",
+                     *[epoch_line(r, 2) for r in records(result.run_dir)]]
     assert any(STEP_LINE.match(line) for line in lines), lines
     check_logged(result.run_dir, [1, 2])
     models = sorted(path.relative_to(result.run_dir).parts[:2] for path in result.run_dir.rglob("state.pt"))

@@ -145,17 +145,6 @@ def test_batch_larger_than_an_epoch_is_a_clear_error(dataset_root, tmp_path):
         run_training(cfg)
 
 
-def test_two_ray_workers_survive_a_crashed_worker(local_ray, dataset_root, tmp_path):
-    cfg = config(dataset_root, tmp_path, "scale.num_workers=2", "scale.cpus_per_worker=0.5",
-                 "scale.max_failures=1", "train.epochs=3", "train.fail_at_epoch=2", "input.sampling=all")
-    result = run_training(cfg)
-    assert (tmp_path / "run" / ".injected-failure-epoch-2").exists()  # the failure did happen
-    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records if r["split"] == "train"] == [1, 2, 3]
-    assert records[0]["samples"] == FRAMES  # two shards of 32 frames each, all counted
-    assert result.metrics["epoch"] == 3 and read_meta(result.last)["epoch"] == 3
-
-
 def test_the_eval_split_is_shared_out_whole_and_the_train_split_evenly(local_ray):
     import ray.data
 

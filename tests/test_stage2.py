@@ -154,16 +154,6 @@ def test_stage2_in_process_then_resumed_keeps_the_elb_schedule(store, tmp_path):
     assert 0 <= report["stages"]["tcam"]["corloc"] <= 100
 
 
-def test_stage2_on_two_ray_workers(store, tmp_path, local_ray):
-    root, path = store
-    cfg = config(root, tmp_path, f"tcam.cams={path}", "input.sampling=all", "scale.num_workers=2",
-                 "scale.cpus_per_worker=0.5")
-    result = run_training(cfg, "tcam", out=lambda line: None)
-    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert records[0]["samples"] == SHOTS * FRAMES_PER_SHOT // 4 * 4
-    assert read_meta(result.last)["stage"] == "tcam"
-
-
 def test_stage2_needs_a_store_of_this_dataset(store, tmp_path):
     root, path = store
     with pytest.raises(ValueError, match=r"stage tcam needs a CAM store: --set tcam.cams=PATH"):

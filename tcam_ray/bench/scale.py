@@ -43,7 +43,7 @@ def stage_two_config(cfg: Config, scratch: Path) -> Config:
     return dataclasses.replace(cfg, tcam=dataclasses.replace(cfg.tcam, cams=str(store.path), classifier="store"))
 
 
-def run_scale_bench(cfg: Config, repeats: int) -> Iterator[dict]:
+def run_scale_bench(cfg: Config, repeats: int, stages: tuple[str, ...] = ("cam", "tcam")) -> Iterator[dict]:
     with scratch_dir() as scratch, ray_session(cfg.scale):
         scratch = Path(scratch)
         cfg = dataset_for(cfg, scratch)
@@ -52,7 +52,7 @@ def run_scale_bench(cfg: Config, repeats: int) -> Iterator[dict]:
         counts = worker_counts(cfg)
         log(f"bench scale: {counts} workers of {cfg.scale.cpus_per_worker:g} CPU"
             f"{' and 1 GPU' if cfg.scale.use_gpu else ''} each")
-        for stage in ("cam", "tcam"):
+        for stage in stages:
             stage_cfg = stage_two_config(cfg, scratch) if stage == "tcam" else cfg
             one_worker = None
             for workers in counts:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tcam_ray.methods.pseudo_labels import WEIGHT_FLOOR, pseudo_labels
+from tcam_ray.methods.pseudo_labels import WEIGHT_FLOOR, pseudo_labels, sample_seeds
 
 BASELINE_NAME = "per-frame reference (numpy + OpenCV)"
 
@@ -235,11 +235,37 @@ def _case(repeats: int, roi_mode: str, device: torch.device, threads: int | None
             "baseline_name": BASELINE_NAME, "speedup": round(baseline / ours, 2), "config": config}
 
 
+def _sampler_case(repeats: int, seeds: int = 1000, max_p: float = 0.7, frames: int = 32, size: int = 224) -> dict:
+    """The seed sampler alone (seed regions, the draws, the dilated seed image) on the same pooled uint8 maps and
+    ROI (largest) for both: what CoLo-CAM's 1000 + 1000 seeds per frame cost beyond the ROI."""
+    buffer, valid = synthetic_buffers(frames, 1, size)
+    buffer = (buffer * 255.0).round_().to(torch.uint8)
+    step = pseudo_labels(buffer, valid, roi_mode="largest")
+    maps, roi = step.maps, step.roi
+    reference_maps, reference_roi = maps.numpy(), roi.numpy()
+    generator = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    settings = dict(max_p=max_p, min_p=0.1, n_fg=seeds, n_bg=seeds, ksz=3, weighted=True)
+    ours, baseline = _paired_medians(
+        lambda: sample_seeds(maps, roi, **settings, generator=generator),
+        lambda: np.stack([reference_seeds(cam, frame_roi, rng, **settings)
+                          for cam, frame_roi in zip(reference_maps, reference_roi)]),
+        repeats, lambda: None)
+    config = {"frames": frames, "T": 1, "h": size, "w": size, "buffer_dtype": "uint8", "roi_mode": "largest",
+              "step": "seed regions + draws + dilated seed image, given the pooled maps and the ROI", **settings,
+              "repeats": repeats, "statistic": "median, ours and baseline timed alternately", "device": "cpu",
+              "torch_threads": torch.get_num_threads(), "baseline_device": "cpu, 1 process", "load_1min": _load()}
+    return {"bench": "seeds", "case": f"seed_sampler_{frames}x{size}_{seeds}seeds", "value": round(ours, 3),
+            "unit": "ms", "baseline": round(baseline, 3), "baseline_name": BASELINE_NAME,
+            "speedup": round(baseline / ours, 2), "config": config}
+
+
 def run_seeds_bench(repeats: int = 20) -> Iterator[dict]:
     """One record per case, 32 frames of 224x224 (T=2), uint8 buffers (the CAM store's levels, which training
     feeds): CPU with torch's default threads (ROI all, the TCAM paper's, then largest), CoLo-CAM's 1000 + 1000
     seeds per frame (ROI largest, max_p 0.7), CPU with one thread (less exposed to other jobs on a shared
-    machine), CUDA when present; then float32 buffers in [0, 1] on the CPU."""
+    machine), CUDA when present; then float32 buffers in [0, 1] on the CPU; last the seed sampler alone at CoLo-CAM's
+    1000 + 1000 seeds per frame."""
     cpu, uint8 = torch.device("cpu"), torch.uint8
     cases = [("all", cpu, None, uint8, {}), ("largest", cpu, None, uint8, {}),
              ("largest", cpu, None, uint8, {"seeds": 1000, "max_p": 0.7}), ("all", cpu, 1, uint8, {})]
@@ -252,3 +278,5 @@ def run_seeds_bench(repeats: int = 20) -> Iterator[dict]:
               f"{extra.get('seeds', 1)} seed(s) each, {device}" + ("" if threads is None else f", {threads} thread(s)"),
               file=sys.stderr)
         yield _case(repeats, roi_mode, device, threads, dtype, **extra)
+    print("seeds bench: the seed sampler alone, 1000 + 1000 seeds per frame (CoLo-CAM), cpu", file=sys.stderr)
+    yield _sampler_case(repeats)

@@ -154,6 +154,9 @@ class ScaleConfig:
     num_workers: int = 1  # Ray Train workers (DDP: gloo on CPU, nccl on GPU)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    # Where Ray puts the workers: "pack" fills a node first (NCCL stays inside a node), "spread" one per node
+    # where the cluster allows, "strict_spread" one per node or not at all (Ray's placement strategies).
+    placement: Literal["pack", "spread", "strict_spread"] = "pack"
     # torch threads of each training worker (default: its whole CPUs); more than the CPUs it reserves lets
     # its convolutions use cores that the decode tasks leave idle most of the time
     torch_threads: Optional[int] = None

@@ -20,7 +20,8 @@ class StopOnUserError(UserCallback):
 
 class ReportChannel:
     """A small actor (no CPU) between the training and the driver, which empties it while it waits for
-    `fit()`: epoch reports from `ReportToDriver`, step progress from rank 0 (progress.StepMeter)."""
+    `fit()`: epoch reports from `ReportToDriver`, step progress from rank 0 (progress.StepMeter) and where
+    the worker group runs (context.RayTrainContext.record_placement)."""
 
     def __init__(self):
         self.messages: list[tuple[str, dict]] = []

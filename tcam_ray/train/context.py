@@ -6,7 +6,10 @@ the checkpoint to restart from, a way to report an epoch, and (rank 0) where its
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import threading
+import time
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
@@ -18,6 +21,7 @@ from ..config import Config
 from ..data.buffers import BUFFER, VALID, neighbour_offsets, training_rows
 from ..data.frames import IMAGE, LABEL, ROW, decode_batch, shots_table, split_rows
 from .checkpoints import CheckpointKeeper, recorded_epoch
+from .metrics_log import MetricsLog
 
 EVAL_DTYPES = {IMAGE: torch.uint8, LABEL: torch.int64, ROW: torch.int64}
 TRAIN_DTYPES = {"cam": EVAL_DTYPES, "tcam": {IMAGE: torch.uint8, BUFFER: torch.uint8, VALID: torch.bool,
@@ -27,6 +31,7 @@ PREFETCH_BATCHES = 2  # decoded batches kept ready ahead of the training step
 # In-process training data: (rng) -> numpy batches of input.batch_size (last partial one dropped).
 LocalSource = Callable[[np.random.Generator], Iterator[dict[str, np.ndarray]]]
 SendProgress = Callable[[dict], None]  # rank 0's step progress (progress.StepMeter) to the driver
+WORKERS_LOG = "workers.jsonl"  # in the run folder: a line each time a worker group starts, every rank's node
 
 
 def frame_source(cfg: Config, index_table: pa.Table) -> LocalSource:
@@ -155,6 +160,17 @@ class RayTrainContext:
         self.send_progress: SendProgress | None = None
         if channel is not None and self.world_rank == 0:
             self.send_progress = lambda progress: channel.put.remote("step", progress)  # not waited for
+        self.record_placement(channel)
+
+    def record_placement(self, channel) -> None:
+        """Where this worker group runs, rank by rank (node, address, device): rank 0 appends it to the run
+        folder's workers.jsonl and sends it to the driver's console."""
+        workers = all_gathered(this_worker(self.world_rank, self.device))
+        if self.world_rank == 0:
+            record = {"time": time.time(), "workers": workers}
+            MetricsLog(self.run_dir / WORKERS_LOG).append(record)
+            if channel is not None:
+                channel.put.remote("workers", record)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch
@@ -189,6 +205,24 @@ class RayTrainContext:
         """The epoch's metrics to Ray Train (its callbacks, Tune), without a checkpoint: rank 0 has written
         it in the run folder (`checkpoint_dir`), and Ray keeps no second copy."""
         self._ray_train.report(metrics)
+
+
+def this_worker(rank: int, device: torch.device) -> dict:
+    import ray
+
+    return {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
+            "host": socket.gethostname(), "pid": os.getpid(), "device": str(device)}
+
+
+def all_gathered(item: dict) -> list[dict]:
+    """Every rank's `item`, in rank order (this rank's alone without a process group)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [item]
+    items: list = [None] * dist.get_world_size()
+    dist.all_gather_object(items, item)
+    return items
 
 
 def newer_checkpoint(run_dir: Path, restore_from: Path | None) -> Path | None:

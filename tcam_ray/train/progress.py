@@ -40,6 +40,14 @@ def epoch_records(report: dict, split: str) -> list[dict]:
     return [{"epoch": epoch, "split": "train", **train}, *([{"epoch": epoch, "split": split, **val}] if val else [])]
 
 
+def workers_line(record: dict) -> str:
+    """`workers: 2 on 2 nodes: rank 0 on 10.0.0.5 (node 3f2a1b0c, cuda:0), rank 1 on ...`"""
+    workers = record["workers"]
+    nodes = len({worker["node_id"] for worker in workers})
+    ranks = ", ".join(f"rank {w['rank']} on {w['ip']} (node {w['node_id'][:8]}, {w['device']})" for w in workers)
+    return f"workers: {len(workers)} on {nodes} node{'s' if nodes > 1 else ''}: {ranks}"
+
+
 def step_line(progress: dict, epochs: int) -> str:
     return (f"epoch {progress['epoch']}/{epochs} train: step {progress['step']}/{progress['steps']}  "
             f"{progress['steps_per_s']:.2f} steps/s  loss {progress['loss']:.3f}")
@@ -81,9 +89,14 @@ class TrainingConsole:
         self.step_drawn = False
 
     def handle(self, messages: list[tuple[str, dict]]) -> None:
-        """Messages of the report channel: ("epoch", report) or ("step", progress)."""
+        """Messages of the report channel: ("epoch", report), ("step", progress) or ("workers", placement)."""
+        shown = {"epoch": self.epoch, "step": self.step, "workers": self.workers}
         for kind, item in messages:
-            self.epoch(item) if kind == "epoch" else self.step(item)
+            shown[kind](item)
+
+    def workers(self, record: dict) -> None:
+        self.clear_step()
+        self.out(workers_line(record))
 
     def epoch(self, report: dict) -> None:
         self.clear_step()

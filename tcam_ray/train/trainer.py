@@ -227,7 +227,8 @@ def build_torch_trainer(cfg: Config, job: JobSpec, store: CamStore | None, stora
         train_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "job": job_dict(job), "channel": channel},
         scaling_config=ScalingConfig(num_workers=cfg.scale.num_workers, use_gpu=cfg.scale.use_gpu,
-                                     resources_per_worker={"CPU": cfg.scale.cpus_per_worker}),
+                                     resources_per_worker={"CPU": cfg.scale.cpus_per_worker},
+                                     placement_strategy=cfg.scale.placement.upper()),
         torch_config=NodeAddressTorchConfig(),
         run_config=RunConfig(
             name=name,
@@ -246,14 +247,13 @@ def fit_on_ray(cfg: Config, job: JobSpec, store: CamStore | None, console: Train
     import ray
 
     from ..data.pipeline import configure_ray_data
-    from .callbacks import ReportChannel
     from .failures import training_failed, user_error_in
 
     storage = ray_storage_path(cfg.run, Path(job.run_dir))
     with ray_session(cfg.scale):
         check_cpu_budget(cfg.scale)
         configure_ray_data()
-        channel = ray.remote(num_cpus=0)(ReportChannel).remote()
+        channel = report_channel()
         trainer = build_torch_trainer(cfg, job, store, storage, name=f"attempt-{time.strftime('%Y%m%d-%H%M%S')}",
                                       channel=channel)
         try:
@@ -263,6 +263,18 @@ def fit_on_ray(cfg: Config, job: JobSpec, store: CamStore | None, console: Train
         finally:
             ray.kill(channel)
     return result.return_value or result.metrics or {}
+
+
+def report_channel():
+    """The callbacks.ReportChannel actor, on the driver's node: on another node, losing that node would end
+    the run that scale.max_failures lets go on."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .callbacks import ReportChannel
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0, scheduling_strategy=here)(ReportChannel).remote()
 
 
 def fit_in_thread(trainer, while_waiting=lambda: None):
