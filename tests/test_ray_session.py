@@ -3,6 +3,8 @@ module-wide Ray here)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import ray
@@ -42,3 +44,18 @@ def test_the_environment_is_as_before_once_the_session_ends(monkeypatch):
         assert os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "1"
         assert "RAY_num_workers_soft_limit" not in os.environ
     assert dict(os.environ) == before
+
+
+def test_the_local_ray_is_on_loopback_even_when_ray_was_imported_first():
+    """Ray reads its loopback switch when it is imported: a program that imported Ray before the session (as
+    `tcam-ray demo` does) still gets its local Ray on 127.0.0.1, not on the machine's network address."""
+    program = ("import ray\n"  # before the session sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+               "from tcam_ray.config import ScaleConfig\n"
+               "from tcam_ray.train.trainer import ray_session\n"
+               "with ray_session(ScaleConfig(local_cpus=1)):\n"
+               "    print(ray.util.get_node_ip_address(), ray.get_runtime_context().gcs_address)\n")
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    shown = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    node, gcs = shown.stdout.split()
+    assert node == "127.0.0.1" and gcs.startswith("127.0.0.1:"), shown.stdout
