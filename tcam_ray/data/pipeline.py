@@ -17,16 +17,23 @@ from .buffers import neighbour_offsets, training_rows
 from .frames import DECODE_CPUS, ROW, decode_batch, shots_table, split_rows
 
 
+# An actor pool (CAM store, localize) is all up, each actor holding the model, before rows flow; a pool the
+# cluster cannot place (or an autoscaler cannot add nodes for) ends with Ray's timeout error after this long.
+ACTORS_START_S = 600
+
+
 def configure_ray_data() -> None:
     """Quiet, and no per-operator CPU reservation: our pipelines are one decode step (plus the
     CAM actors), and on small machines the reservation (half the CPUs per operator) ran the
     decode tasks one at a time (seen: 900 -> 2000 frames/s on 2 CPUs without it). A decode task's
     own error (a DatasetError naming the corrupt frame) reaches the consumer as itself, not as a
-    UserCodeException that keeps only its text."""
+    UserCodeException that keeps only its text. Actor pools wait for all their actors (ACTORS_START_S):
+    otherwise the first actor up does the work while the others, on other nodes, still load the model."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.op_resource_reservation_enabled = False
     context.raise_original_map_exception = True
+    context.wait_for_min_actors_s = ACTORS_START_S
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 

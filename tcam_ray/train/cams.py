@@ -42,19 +42,6 @@ class CamPredictor:
         return {ROW: batch[ROW], "cam": maps.cpu().numpy()}
 
 
-# Every actor of the pool holds the model before frames flow (Ray places them over the nodes); a pool that the
-# cluster cannot place (or an autoscaler cannot add nodes for) ends with Ray's timeout error after this long.
-ACTORS_START_S = 600
-
-
-def wait_for_the_whole_pool() -> None:
-    """Without it the first actor up computes the CAMs while the others still load the model: on a small
-    dataset one node does all the work."""
-    import ray.data
-
-    ray.data.DataContext.get_current().wait_for_min_actors_s = ACTORS_START_S
-
-
 def store_info(cfg: Config, index: FrameIndex, checkpoint: Path) -> StoreInfo:
     return StoreInfo(dataset=index.info.dataset, dataset_fingerprint=index.info.fingerprint,
                      classes=index.info.classes, checkpoint=str(checkpoint.resolve()),
@@ -76,7 +63,6 @@ def fill_cam_store(cfg: Config, checkpoint: str | Path, out: str | Path, progres
     writer = CamStoreWriter(out, store_info(cfg, index, checkpoint))
     with ray_session(cfg.scale):
         configure_ray_data()
-        wait_for_the_whole_pool()
         predictor_args = dict(checkpoint=str(checkpoint), method=cfg.cam.method, size=cfg.cam.size,
                               target=cfg.eval.cam_target, use_gpu=cfg.scale.use_gpu)
         dataset = cam_dataset(train, cfg, trained.input, CamPredictor, predictor_args)

@@ -108,26 +108,25 @@ def ray_session(scale: ScaleConfig, dashboard: bool = False):
     address = scale.address or os.environ.get("RAY_ADDRESS")
     # Worker logs stay in Ray's log folder; the driver prints the epochs and steps (progress.TrainingConsole).
     quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
-    with environ_restored(), env_defaults(LOCAL_ENV if not address else {}):
-        with contextlib.ExitStack() as local:
-            if address:
-                ray.init(address=address, **quiet)
-            else:
-                local.enter_context(cluster_setting_as_in_environment())
-                with env_defaults(idle_worker_env(scale.local_cpus or os.cpu_count() or 1)):  # read by the raylet
-                    ray.init(address="local", num_cpus=scale.local_cpus, include_dashboard=dashboard,
-                             **({"dashboard_host": "127.0.0.1"} if dashboard else {}), **quiet)
-            try:
-                yield
-            finally:
-                ray.shutdown()
+    with environ_restored(), env_defaults(LOCAL_ENV if not address else {}), cluster_setting_as_in_environment():
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            with env_defaults(idle_worker_env(scale.local_cpus or os.cpu_count() or 1)):  # read by the raylet
+                ray.init(address="local", num_cpus=scale.local_cpus, include_dashboard=dashboard,
+                         **({"dashboard_host": "127.0.0.1"} if dashboard else {}), **quiet)
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 @contextlib.contextmanager
 def cluster_setting_as_in_environment():
     """Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when it is imported: in a driver that imported Ray
     before the session set it (`tcam-ray demo`, a notebook), the local Ray took the machine's network
-    address instead of 127.0.0.1. Ray's constant follows the environment for the session's length."""
+    address instead of 127.0.0.1. Ray's constant follows the environment (where it sets the switch) for the
+    session's length."""
     from ray._private import ray_constants
 
     saved = ray_constants.ENABLE_RAY_CLUSTER
