@@ -1,4 +1,4 @@
-"""`tcam-ray doctor`: is the compiled CRF op built, current, and for which devices."""
+"""`tcam-ray doctor`: are the compiled ops (CRF filter, seed sampler) built, current, and for which devices."""
 from __future__ import annotations
 
 import json
@@ -14,10 +14,10 @@ def _lines(info: dict) -> list[str]:
         return "yes" if flag else "no"
 
     lines = [
-        f"CRF op built:        {yes_no(info['built'])}",
-        f"CPU kernels:         {yes_no(info['cpu'])}",
+        f"compiled ops built:  {yes_no(info['built'])}",
+        f"CPU kernels:         {yes_no(info['cpu'])} (CRF filter, seed sampler)",
         f"CUDA kernels:        {yes_no(info['cuda'])}"
-        + (f" (CUDA {info['cuda_version']}, archs {info['cuda_arch_list']})" if info["cuda"] else ""),
+        + (f" (CRF filter; CUDA {info['cuda_version']}, archs {info['cuda_arch_list']})" if info["cuda"] else ""),
         f"built against torch: {info['torch_version']} (running {info['runtime_torch_version']})",
         f"source hash:         {info['source_hash']} (sources now {info['current_source_hash'] or 'not in this install'})",
         f"stale:               {yes_no(info['stale'])}",
@@ -35,9 +35,10 @@ def doctor(
     config: ConfigOption = None,
     set_: SetOption = None,
 ):
-    """Print whether the CRF op's CPU and CUDA kernels are built, for which GPU archs, and whether the build is stale.
+    """Print whether the compiled ops' CPU kernels (CRF filter, seed sampler) and CUDA kernels (CRF filter) are built,
+    for which GPU archs, and whether the build is stale.
 
-    Exit code 1 when the op is missing or stale (or cannot serve the visible GPU).
+    Exit code 1 when the ops are missing or stale (or cannot serve the visible GPU).
     """
     from tcam_ray.ops.build_info import build_info
 

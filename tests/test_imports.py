@@ -81,7 +81,7 @@ def test_doctor_answers_from_the_recorded_build_without_torch(tmp_path):
 
 def test_recorded_build_is_keyed_by_the_extension_file_and_torch(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    extension, torch_version = tmp_path / "_C_crf.so", tmp_path / "version.py"
+    extension, torch_version = tmp_path / "_C_ops.so", tmp_path / "version.py"
     extension.write_bytes(b"build 1")
     torch_version.write_text("__version__ = '2.0.0'\n")
     first = build_info_module.build_cache_file(str(extension), torch_version)

@@ -29,6 +29,14 @@ def smooth_maps(frames: int, size: int, coarse: int = 6, seed: int = 0, power: f
     return (maps - low) / (high - low)
 
 
+@pytest.fixture(params=["compiled", "torch"])
+def sampler(request, monkeypatch):
+    """CPU seeds from the compiled sampler (csrc/ops/seed_sampler_cpu.cpp), then from the batched torch steps
+    (what CUDA tensors take): both must give the same regions and the same laws."""
+    monkeypatch.setattr(pl, "COMPILED_CPU_SAMPLER", request.param == "compiled")
+    return request.param
+
+
 def per_frame(function, *arrays, **kwargs) -> np.ndarray:
     return np.stack([function(*items, **kwargs) for items in zip(*arrays)])
 
@@ -125,6 +133,7 @@ def test_roi_and_seed_regions_are_the_reference_code_s(mode):
         np.testing.assert_array_equal(background[0].numpy(), expected["bg"], err_msg=sample["id"])
 
 
+@pytest.mark.usefixtures("sampler")
 @pytest.mark.parametrize("weighted", [False, True])
 def test_drawing_every_candidate_gives_the_reference_code_s_label_map(weighted):
     """TCAMSeeder with every candidate drawn (ksz 1, ROI all): 1 foreground, 0 background, ignored where
@@ -287,6 +296,7 @@ def test_seed_regions_break_ties_by_raster_order_as_the_reference():
     assert all(torch.equal(a, b) for a, b in zip(pl.seed_regions(levels, roi), (foreground, background)))
 
 
+@pytest.mark.usefixtures("sampler")
 def test_single_level_frames_have_no_seed_regions():
     maps = torch.stack([torch.zeros(10, 10), torch.full((10, 10), 0.5)])
     roi = pl.roi_masks(maps, pl.otsu_thresholds(maps))
@@ -311,9 +321,11 @@ def small_frame() -> tuple[torch.Tensor, torch.Tensor]:
     return maps, roi
 
 
-@pytest.mark.parametrize("proposals", [pl.PROPOSALS, 1])  # 1: nearly every draw takes the exact fallback
+# None: the compiled sampler; the torch steps with PROPOSALS, and with 1 (nearly every draw takes the exact fallback)
+@pytest.mark.parametrize("proposals", [None, pl.PROPOSALS, 1])
 def test_weighted_foreground_seeds_follow_the_map_values(monkeypatch, proposals):
-    monkeypatch.setattr(pl, "PROPOSALS", proposals)
+    monkeypatch.setattr(pl, "COMPILED_CPU_SAMPLER", proposals is None)
+    monkeypatch.setattr(pl, "PROPOSALS", proposals or pl.PROPOSALS)
     maps, roi = small_frame()
     region, _ = pl.seed_regions(maps, roi, max_p=1.0)
     fg, _ = draws_of(maps, roi, 20000, max_p=1.0, n_bg=0, generator=torch.Generator().manual_seed(1))
@@ -325,9 +337,11 @@ def test_weighted_foreground_seeds_follow_the_map_values(monkeypatch, proposals)
     assert chi_square(fg[inside], uniform) > 10 * chi_square_bound(inside.sum())  # the check can tell them apart
 
 
-@pytest.mark.parametrize("proposals", [pl.PROPOSALS, 1])
+# None: the compiled sampler; the torch steps with PROPOSALS, and with 1 (nearly every draw takes the exact fallback)
+@pytest.mark.parametrize("proposals", [None, pl.PROPOSALS, 1])
 def test_uniform_seeds_are_uniform_over_their_regions(monkeypatch, proposals):
-    monkeypatch.setattr(pl, "PROPOSALS", proposals)
+    monkeypatch.setattr(pl, "COMPILED_CPU_SAMPLER", proposals is None)
+    monkeypatch.setattr(pl, "PROPOSALS", proposals or pl.PROPOSALS)
     maps, roi = small_frame()
     fg_region, bg_region = pl.seed_regions(maps, roi, max_p=1.0, min_p=0.25)
     assert not (fg_region & bg_region).any()  # else a pixel drawn as both would be dropped
@@ -342,6 +356,7 @@ def test_uniform_seeds_are_uniform_over_their_regions(monkeypatch, proposals):
 def test_many_draws_follow_the_law_of_successive_draws(monkeypatch):
     """Past FEW_DRAWS draws a frame takes exponential keys and a top-k: the same law (which pixels end up
     drawn) as the successive rejection draws, checked by a two-sample chi-square on inclusion counts."""
+    monkeypatch.setattr(pl, "COMPILED_CPU_SAMPLER", False)
     maps, roi = small_frame()
     region, _ = pl.seed_regions(maps, roi, max_p=1.0)
     draws = int(region.sum()) // 2
@@ -360,6 +375,7 @@ def test_many_draws_follow_the_law_of_successive_draws(monkeypatch):
     assert float(((uniform_keys - successive) ** 2 / (uniform_keys + successive)).sum()) > chi_square_bound(len(keys))
 
 
+@pytest.mark.usefixtures("sampler")
 def test_seeds_are_drawn_without_replacement():
     maps, roi = small_frame()
     fg_region, bg_region = pl.seed_regions(maps, roi, max_p=1.0)
@@ -373,12 +389,68 @@ def test_seeds_are_drawn_without_replacement():
     assert ((two == 1).sum(dim=(1, 2)) == 2).all()
 
 
+def labels_of_regions(foreground: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """The label image of every region pixel drawn with ksz 1: 1, 0, ignored where the regions overlap."""
+    labels = torch.full(foreground.shape, IGNORE, dtype=torch.long)
+    labels[foreground & ~background] = 1
+    labels[background & ~foreground] = 0
+    return labels
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+@pytest.mark.parametrize("max_p, min_p", [(0.6, 0.1), (0.7, 0.1), (0.25, 0.4), (1.0, 1.0)])
+def test_the_compiled_sampler_draws_from_the_batched_steps_regions(dtype, max_p, min_p):
+    """Every region pixel drawn (ksz 1): the compiled sampler's seeds are the torch steps' regions, pixel for
+    pixel, on maps full of ties (values on a grid of 1/600: several values per level, many pixels per value),
+    ROIs of each mode and one that holds low values (the regions overlap there)."""
+    maps = (smooth_maps(6, 33, coarse=5, seed=8) * 600).round() / 600
+    maps = (maps * 255).round().to(torch.uint8) if dtype == torch.uint8 else maps
+    rois = [pl.roi_masks(maps, pl.otsu_thresholds(maps), mode=mode) for mode in ("all", "largest", "densest")]
+    rois.append(torch.rand(maps.shape, generator=torch.Generator().manual_seed(2)) < 0.5)
+    for roi in rois:
+        expected = labels_of_regions(*pl.seed_regions(maps, roi, max_p=max_p, min_p=min_p))
+        seeds = pl.sample_seeds(maps, roi, max_p=max_p, min_p=min_p, n_fg=10**9, n_bg=10**9, ksz=1,
+                                generator=torch.Generator().manual_seed(0))
+        assert torch.equal(seeds, expected)
+
+
+def test_compiled_weighted_draws_keep_the_law_when_proposals_run_out(monkeypatch):
+    """Weights far below the largest starve the compiled sampler's accept-reject, and the draws left take keys:
+    which pixels end up drawn follows the same law as the torch steps' successive draws (two-sample
+    chi-square on inclusion counts), and a uniform draw would not."""
+    maps = torch.tensor([1.0] + [level / 255 for level in (1, 2, 3, 4, 5, 6) * 5 + (1, 2, 3, 4, 5)]).reshape(1, 6, 6)
+    roi = torch.ones(1, 6, 6, dtype=torch.bool)
+    draws = 18
+    counts = {}
+    for compiled in (True, False):
+        monkeypatch.setattr(pl, "COMPILED_CPU_SAMPLER", compiled)
+        counts[compiled], _ = draws_of(maps, roi, 4000, max_p=1.0, n_fg=draws, n_bg=0,
+                                       generator=torch.Generator().manual_seed(int(compiled)))
+    ours, successive = counts[True].astype(np.float64), counts[False].astype(np.float64)
+    assert ours.sum() == successive.sum() == 4000 * draws and ours[0] > 3990
+    assert float(((ours - successive) ** 2 / (ours + successive)).sum()) < chi_square_bound(36)
+    uniform, _ = draws_of(maps, roi, 4000, max_p=1.0, n_fg=draws, n_bg=0, weighted=False,
+                          generator=torch.Generator().manual_seed(0))
+    assert float(((uniform - successive) ** 2 / (uniform + successive)).sum()) > chi_square_bound(36)
+
+
+def test_compiled_draws_do_not_depend_on_the_thread_count():
+    buffer, valid = synthetic_batch(8, 40)
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        labels = pl.pseudo_labels(buffer, valid, n_fg=50, n_bg=50, generator=torch.Generator().manual_seed(4))
+        results.append((labels.seed_pixels, labels.seed_classes))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
 def clipped_square(y: int, x: int, ksz: int, size: int) -> torch.Tensor:
     square = torch.zeros(size, size, dtype=torch.bool)
     square[max(y - ksz // 2, 0) : y + ksz // 2 + 1, max(x - ksz // 2, 0) : x + ksz // 2 + 1] = True
     return square
 
 
+@pytest.mark.usefixtures("sampler")
 @pytest.mark.parametrize("ksz", [1, 3, 5])
 def test_seed_squares_are_ksz_wide_and_clipped_at_the_border(ksz):
     maps = torch.linspace(0.0, 0.2, 12)[None, None, :].repeat(1, 12, 1)  # column 0 holds the lowest level
@@ -393,6 +465,7 @@ def test_seed_squares_are_ksz_wide_and_clipped_at_the_border(ksz):
         assert any(torch.equal(background, clipped_square(y, 0, ksz, 12)) for y in range(12))
 
 
+@pytest.mark.usefixtures("sampler")
 @pytest.mark.parametrize("n_bg", [24, 100])  # rejection sampling; keys and top-k
 def test_overlapping_foreground_and_background_squares_are_ignored(n_bg):
     maps = torch.zeros(1, 5, 5)
@@ -407,6 +480,7 @@ def test_overlapping_foreground_and_background_squares_are_ignored(n_bg):
     assert (seeds[0] == 0).all()  # background squares may cover the ROI, as in the reference
 
 
+@pytest.mark.usefixtures("sampler")
 def test_even_ksz_is_refused():
     maps, roi = small_frame()
     with pytest.raises(ValueError, match="odd"):
@@ -421,6 +495,7 @@ def synthetic_batch(frames: int = 12, size: int = 56):
     return buffer, valid
 
 
+@pytest.mark.usefixtures("sampler")
 def test_pseudo_labels_match_the_per_frame_reference():
     buffer, valid = synthetic_batch()
     labels = pl.pseudo_labels(buffer, valid, generator=torch.Generator().manual_seed(0))
@@ -440,6 +515,7 @@ def test_pseudo_labels_match_the_per_frame_reference():
         assert ((counts >= 1) & (counts <= 9)).all() and ((expected_counts >= 1) & (expected_counts <= 9)).all()
 
 
+@pytest.mark.usefixtures("sampler")
 @pytest.mark.parametrize("roi_mode", ["all", "largest", "densest"])
 @pytest.mark.parametrize("seeds", [5, 400])  # rejection sampling; keys and top-k
 def test_uint8_levels_match_the_reference_fed_the_same_levels(roi_mode, seeds):
@@ -468,6 +544,7 @@ def test_uint8_levels_match_the_reference_fed_the_same_levels(roi_mode, seeds):
     assert ((labels.seeds == 1).sum(dim=(1, 2)) > 0).all()
 
 
+@pytest.mark.usefixtures("sampler")
 def test_seed_pixels_are_the_label_image():
     buffer, valid = synthetic_batch(6, 32)
     labels = pl.pseudo_labels(buffer, valid, n_fg=6, n_bg=6, ksz=5, generator=torch.Generator().manual_seed(1))
@@ -493,6 +570,7 @@ def test_batch_and_single_frames_agree():
         assert torch.equal(regions[which], torch.cat([single[which] for single in singles]))
 
 
+@pytest.mark.usefixtures("sampler")
 def test_degenerate_buffers_give_no_seeds():
     buffer = torch.zeros(3, 2, 16, 16)
     buffer[1] = 0.7
@@ -505,6 +583,7 @@ def test_degenerate_buffers_give_no_seeds():
     assert (labels.seeds == IGNORE).all()
 
 
+@pytest.mark.usefixtures("sampler")
 def test_generator_makes_draws_reproducible():
     buffer, valid = synthetic_batch(8, 32)
     first = pl.pseudo_labels(buffer, valid, generator=torch.Generator().manual_seed(11)).seeds

@@ -54,6 +54,13 @@ Many seeds per frame (CoLo-CAM draws 1000) take one exponential key per
 pixel instead (Efraimidis-Spirakis: the smallest `-log(u) / weight` keys are
 a weighted draw without replacement) and one top-k. The seeds leave as a list
 of pixels, not a label image.
+
+On the CPU the seed regions, draws and squares run in the compiled sampler
+instead (csrc/ops/seed_sampler_cpu.cpp: the same regions and laws, a frame
+per thread task in a few passes over its bytes, about 10x faster than these
+steps with 1000 + 1000 seeds); these steps serve CUDA tensors, and the tests
+hold the two to each other (`COMPILED_CPU_SAMPLER = False` runs them on the
+CPU).
 """
 from __future__ import annotations
 
@@ -69,6 +76,7 @@ LEVELS = 256
 PROPOSALS = 256  # rejection-sampling proposals per frame and draw
 FEW_DRAWS = 16  # up to this many draws per frame, rejection sampling; more: one key per pixel and a top-k
 WEIGHT_FLOOR = 1e-8  # the reference weighs foreground seeds by cam + 1e-8
+COMPILED_CPU_SAMPLER = True  # CPU seeds from csrc/ops/seed_sampler_cpu.cpp; False: the torch steps (tests compare)
 RoiMode = Literal["all", "largest", "densest"]
 ROI_MODES: tuple[str, ...] = ("all", "largest", "densest")
 
@@ -582,10 +590,38 @@ def sample_seeds(
     """(B, h, w) int64 seeds: 1 on dilated foreground seeds, 0 on dilated background ones, ignore_index elsewhere."""
     _check_maps(maps)
     _check_ksz(ksz)
-    bins = _bins(maps)
-    regions = _seed_regions(maps, bins, _histograms(bins), _histograms(bins, roi), roi, max_p, min_p)
+    if _compiled_sampler(maps):
+        from tcam_ray.ops.seeds import seed_labels
+
+        return seed_labels(maps, roi, max_p, min_p, n_fg, n_bg, ksz, weighted, generator, ignore_index)
+
+    def level_counts() -> tuple[Tensor, Tensor, Tensor]:
+        bins = _bins(maps)
+        return bins, _histograms(bins), _histograms(bins, roi)
+
+    pixels, classes = _sampled_seed_pixels(maps, roi, level_counts, max_p, min_p, n_fg, n_bg, ksz, weighted,
+                                           generator)
+    return _label_image(pixels, classes, roi.shape, ignore_index)
+
+
+def _compiled_sampler(maps: Tensor) -> bool:
+    """CPU tensors take the compiled sampler (csrc/ops/seed_sampler_cpu.cpp: the same regions and laws, each
+    frame in a few passes over its pixels); the others this module's batched steps."""
+    return maps.device.type == "cpu" and maps.dtype in (torch.uint8, torch.float32) and COMPILED_CPU_SAMPLER
+
+
+def _sampled_seed_pixels(maps: Tensor, roi: Tensor, level_counts, max_p: float, min_p: float, n_fg: int, n_bg: int,
+                         ksz: int, weighted: bool, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """(pixels, classes) of the seeds (see `_seed_pixels`): the compiled sampler, or this module's batched steps
+    from `level_counts()` -> (bins, histograms, ROI histograms)."""
+    if _compiled_sampler(maps):
+        from tcam_ray.ops.seeds import seed_pixels
+
+        return seed_pixels(maps, roi, max_p, min_p, n_fg, n_bg, ksz, weighted, generator)
+    bins, histograms, roi_histograms = level_counts()
+    regions = _seed_regions(maps, bins, histograms, roi_histograms, roi, max_p, min_p)
     fg_points, bg_points = _draw_points(maps, regions, n_fg, n_bg, weighted, generator)
-    return _label_image(*_seed_pixels(fg_points, bg_points, roi.shape, ksz), roi.shape, ignore_index)
+    return _seed_pixels(fg_points, bg_points, roi.shape, ksz)
 
 
 def _draw_points(maps: Tensor, regions: tuple[SeedRegion, SeedRegion], n_fg: int, n_bg: int, weighted: bool,
@@ -765,10 +801,12 @@ def pseudo_labels(
     histograms = _histograms(bins)
     thresholds = otsu_levels(histograms)
     roi, dropped = _roi(_foreground(maps, thresholds), maps, roi_mode, min_size)
-    roi_histograms = _roi_histograms(maps, bins, histograms, thresholds, roi, dropped)
-    regions = _seed_regions(maps, bins, histograms, roi_histograms, roi, max_p, min_p)
-    fg_points, bg_points = _draw_points(maps, regions, n_fg, n_bg, weighted, generator)
-    pixels, classes = _seed_pixels(fg_points, bg_points, roi.shape, ksz)
+
+    def level_counts() -> tuple[Tensor, Tensor, Tensor]:
+        return bins, histograms, _roi_histograms(maps, bins, histograms, thresholds, roi, dropped)
+
+    pixels, classes = _sampled_seed_pixels(maps, roi, level_counts, max_p, min_p, n_fg, n_bg, ksz, weighted,
+                                           generator)
     return PseudoLabels(maps=maps, roi=roi, thresholds=thresholds, seed_pixels=pixels, seed_classes=classes,
                         ignore_index=ignore_index)
 

@@ -11,12 +11,12 @@ from tcam_ray.ops.build_info import build_info
 
 _LAZY = {
     "PAPER_OP_SCALE": "crf", "dense_crf_energies": "crf", "dense_crf_energy": "crf", "permutohedral_filter": "crf",
-    "exact_dense_crf_energy": "crf_reference", "exact_gaussian_filter": "crf_reference",
+    "exact_dense_crf_energy": "crf_reference", "exact_gaussian_filter": "crf_reference", "seed_labels": "seeds", "seed_pixels": "seeds",
 }
 
 __all__ = [
     "OpBuildError", "PAPER_OP_SCALE", "build_info", "dense_crf_energies", "dense_crf_energy", "exact_dense_crf_energy",
-    "exact_gaussian_filter", "permutohedral_filter",
+    "exact_gaussian_filter", "permutohedral_filter", "seed_labels", "seed_pixels",
 ]
 
 

@@ -1,4 +1,4 @@
-"""Loads the compiled CRF extension `tcam_ray._C_crf` and refuses a missing or stale build.
+"""Loads the compiled ops extension `tcam_ray._C_ops` and refuses a missing or stale build.
 
 There is deliberately no pure-Python fallback: the exact reference is O(P^2)
 and would make training silently hundreds of times slower.
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-EXTENSION = "tcam_ray._C_crf"
+EXTENSION = "tcam_ray._C_ops"
 REBUILD_COMMAND = "pip install --no-build-isolation -e .   (or, in a source checkout: python setup.py build_ext --inplace)"
 SOURCE_SUFFIXES = {".h", ".cuh", ".cpp", ".cu"}
 
@@ -30,8 +30,8 @@ class OpBuildError(RuntimeError):
 
 
 def sources_dir() -> Path | None:
-    """csrc/crf of a source checkout (editable install), or None in an installed wheel."""
-    candidate = Path(__file__).resolve().parents[2] / "csrc" / "crf"
+    """csrc/ops of a source checkout (editable install), or None in an installed wheel."""
+    candidate = Path(__file__).resolve().parents[2] / "csrc" / "ops"
     return candidate if candidate.is_dir() else None
 
 
@@ -76,7 +76,7 @@ def stale_reasons(info: dict) -> list[str]:
     reasons = []
     current = current_source_hash()
     if current is not None and current != info["source_hash"]:
-        reasons.append(f"csrc/crf changed since the build (built {info['source_hash']}, sources now {current})")
+        reasons.append(f"csrc/ops changed since the build (built {info['source_hash']}, sources now {current})")
     running = running_torch_version()
     if info["torch_version"] != running:
         reasons.append(f"built against torch {info['torch_version']}, running torch {running}")
@@ -90,7 +90,7 @@ def import_extension() -> ModuleType:
         return importlib.import_module(EXTENSION)
     except ImportError as error:
         raise OpBuildError(
-            f"The CRF op ({EXTENSION}) is not built or cannot be loaded: {error}. Rebuild it with: {REBUILD_COMMAND}"
+            f"The compiled ops ({EXTENSION}) are not built or cannot be loaded: {error}. Rebuild it with: {REBUILD_COMMAND}"
         ) from error
 
 
@@ -101,7 +101,7 @@ def load_extension() -> ModuleType:
     reasons = stale_reasons(module.build_info())
     if reasons:
         raise OpBuildError(
-            "The CRF op build is stale: " + "; ".join(reasons) + f". Rebuild it with: {REBUILD_COMMAND}"
+            "The compiled ops build is stale: " + "; ".join(reasons) + f". Rebuild it with: {REBUILD_COMMAND}"
         )
     return module
 

@@ -1,4 +1,4 @@
-"""What the compiled CRF op was built with, and whether it is current (never raises).
+"""What the compiled ops were built with, and whether it is current (never raises).
 
 Loading the op means importing torch (seconds). Once it has loaded, its build facts are kept in the
 user's cache (XDG_CACHE_HOME or ~/.cache, tcam-ray/ops/) under the extension file's path, size and
@@ -23,11 +23,11 @@ RECORDED_KEYS = {"cpu", "cuda", "cuda_arch_list", "cuda_version", "torch_version
 
 
 def build_info() -> dict:
-    """Build facts of `tcam_ray._C_crf` for `tcam-ray doctor` and bug reports.
+    """Build facts of `tcam_ray._C_ops` for `tcam-ray doctor` and bug reports.
 
     Keys: built, cpu, cuda (kernels compiled in), cuda_arch_list, cuda_version,
     torch_version (built against), runtime_torch_version, source_hash (of the
-    build), current_source_hash (of csrc/crf on disk; None outside a source
+    build), current_source_hash (of csrc/ops on disk; None outside a source
     checkout), stale, stale_reasons, cuda_device (name and capability of the
     current GPU, or None), cuda_device_supported, error, rebuild_command.
     """
@@ -83,7 +83,7 @@ def gpu_may_be_visible() -> bool:
 
 
 def extension_file() -> str | None:
-    """The file `import tcam_ray._C_crf` would load (None: not built)."""
+    """The file `import tcam_ray._C_ops` would load (None: not built)."""
     spec = importlib.util.find_spec(_loader.EXTENSION)
     return spec.origin if spec is not None else None
 

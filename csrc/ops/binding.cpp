@@ -1,7 +1,9 @@
-// Registers tcam_ray::permutohedral_filter with the PyTorch dispatcher (CPU
-// and, when built with CUDA, CUDA kernels) and binds build_info() with
+// Registers tcam_ray::permutohedral_filter (CPU and, when built with CUDA,
+// CUDA kernels) and tcam_ray::seed_pixels and seed_labels (CPU; CUDA tensors take the batched
+// torch version) with the PyTorch dispatcher and binds build_info() with
 // pybind11. Importing the extension module performs the registration.
 #include "permutohedral.h"
+#include "seed_sampler.h"
 
 #include <c10/util/Exception.h>
 #include <pybind11/pybind11.h>
@@ -52,10 +54,18 @@ TORCH_LIBRARY_FRAGMENT(tcam_ray, m) {
   m.def(
       "permutohedral_filter(Tensor values, Tensor features, bool reverse=False) -> Tensor",
       {at::Tag::pt2_compliant_tag});
+  m.def(
+      "seed_pixels(Tensor maps, Tensor roi, float max_p, float min_p, int n_fg, int n_bg, int ksz, bool weighted, "
+      "int seed) -> (Tensor, Tensor)");
+  m.def(
+      "seed_labels(Tensor maps, Tensor roi, float max_p, float min_p, int n_fg, int n_bg, int ksz, bool weighted, "
+      "int seed, int ignore_index) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tcam_ray, CPU, m) {
   m.impl("permutohedral_filter", &tcam_ray::crf::permutohedral_filter_cpu);
+  m.impl("seed_pixels", &tcam_ray::seeds::seed_pixels_cpu);
+  m.impl("seed_labels", &tcam_ray::seeds::seed_labels_cpu);
 }
 
 #ifdef WITH_CUDA
@@ -65,7 +75,7 @@ TORCH_LIBRARY_IMPL(tcam_ray, CUDA, m) {
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.doc() = "tcam-ray CRF op: registers torch.ops.tcam_ray.permutohedral_filter";
+  module.doc() = "tcam-ray compiled ops: registers torch.ops.tcam_ray.permutohedral_filter, seed_pixels, seed_labels";
   module.def("build_info", [] {
     pybind11::dict info;
     info["cpu"] = true;
