@@ -72,6 +72,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tcam_ray.ops.seeds import seed_labels, seed_pixels
+
 LEVELS = 256
 PROPOSALS = 256  # rejection-sampling proposals per frame and draw
 FEW_DRAWS = 16  # up to this many draws per frame, rejection sampling; more: one key per pixel and a top-k
@@ -591,16 +593,10 @@ def sample_seeds(
     _check_maps(maps)
     _check_ksz(ksz)
     if _compiled_sampler(maps):
-        from tcam_ray.ops.seeds import seed_labels
-
         return seed_labels(maps, roi, max_p, min_p, n_fg, n_bg, ksz, weighted, generator, ignore_index)
-
-    def level_counts() -> tuple[Tensor, Tensor, Tensor]:
-        bins = _bins(maps)
-        return bins, _histograms(bins), _histograms(bins, roi)
-
-    pixels, classes = _sampled_seed_pixels(maps, roi, level_counts, max_p, min_p, n_fg, n_bg, ksz, weighted,
-                                           generator)
+    bins = _bins(maps)
+    pixels, classes = _batched_seed_pixels(maps, roi, bins, _histograms(bins), _histograms(bins, roi), max_p, min_p,
+                                           n_fg, n_bg, ksz, weighted, generator)
     return _label_image(pixels, classes, roi.shape, ignore_index)
 
 
@@ -610,15 +606,10 @@ def _compiled_sampler(maps: Tensor) -> bool:
     return maps.device.type == "cpu" and maps.dtype in (torch.uint8, torch.float32) and COMPILED_CPU_SAMPLER
 
 
-def _sampled_seed_pixels(maps: Tensor, roi: Tensor, level_counts, max_p: float, min_p: float, n_fg: int, n_bg: int,
-                         ksz: int, weighted: bool, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """(pixels, classes) of the seeds (see `_seed_pixels`): the compiled sampler, or this module's batched steps
-    from `level_counts()` -> (bins, histograms, ROI histograms)."""
-    if _compiled_sampler(maps):
-        from tcam_ray.ops.seeds import seed_pixels
-
-        return seed_pixels(maps, roi, max_p, min_p, n_fg, n_bg, ksz, weighted, generator)
-    bins, histograms, roi_histograms = level_counts()
+def _batched_seed_pixels(maps: Tensor, roi: Tensor, bins: Tensor, histograms: Tensor, roi_histograms: Tensor,
+                         max_p: float, min_p: float, n_fg: int, n_bg: int, ksz: int, weighted: bool,
+                         generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """(pixels, classes) of the seeds (see `_seed_pixels`) by this module's batched steps."""
     regions = _seed_regions(maps, bins, histograms, roi_histograms, roi, max_p, min_p)
     fg_points, bg_points = _draw_points(maps, regions, n_fg, n_bg, weighted, generator)
     return _seed_pixels(fg_points, bg_points, roi.shape, ksz)
@@ -801,12 +792,12 @@ def pseudo_labels(
     histograms = _histograms(bins)
     thresholds = otsu_levels(histograms)
     roi, dropped = _roi(_foreground(maps, thresholds), maps, roi_mode, min_size)
-
-    def level_counts() -> tuple[Tensor, Tensor, Tensor]:
-        return bins, histograms, _roi_histograms(maps, bins, histograms, thresholds, roi, dropped)
-
-    pixels, classes = _sampled_seed_pixels(maps, roi, level_counts, max_p, min_p, n_fg, n_bg, ksz, weighted,
-                                           generator)
+    if _compiled_sampler(maps):
+        pixels, classes = seed_pixels(maps, roi, max_p, min_p, n_fg, n_bg, ksz, weighted, generator)
+    else:
+        roi_histograms = _roi_histograms(maps, bins, histograms, thresholds, roi, dropped)
+        pixels, classes = _batched_seed_pixels(maps, roi, bins, histograms, roi_histograms, max_p, min_p, n_fg, n_bg,
+                                               ksz, weighted, generator)
     return PseudoLabels(maps=maps, roi=roi, thresholds=thresholds, seed_pixels=pixels, seed_classes=classes,
                         ignore_index=ignore_index)
 
