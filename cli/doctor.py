@@ -35,8 +35,7 @@ def doctor(
     config: ConfigOption = None,
     set_: SetOption = None,
 ):
-    """Print whether the compiled ops' CPU kernels (CRF filter, seed sampler) and CUDA kernels (CRF filter) are built,
-    for which GPU archs, and whether the build is stale.
+    """Print whether the compiled ops (CRF filter, seed sampler) are built, for which GPU archs, and whether stale.
 
     Exit code 1 when the ops are missing or stale (or cannot serve the visible GPU).
     """
