@@ -1,4 +1,4 @@
-"""`tcam-ray bench seeds`: the batched stage-2 pseudo-label step against a per-frame numpy + OpenCV reference.
+"""`tcam-ray bench seeds`: the stage-2 pseudo-label step against a per-frame numpy + OpenCV reference.
 
 The reference below is the same rule (the TCAM reference code's, see
 tcam_ray/methods/pseudo_labels.py) written one frame at a time in the plainest
