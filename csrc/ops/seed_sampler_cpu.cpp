@@ -50,6 +50,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace tcam_ray {
 namespace seeds {
 namespace {
@@ -354,6 +358,23 @@ void for_each_seed(const uint8_t* marks, int64_t pixels, Emit emit) {
   }
 }
 
+// Writes the label of each mark: none or both kinds of square, ignore_index; foreground 1; background 0. The
+// label image is the largest thing the sampler writes (8 bytes a pixel): on x86 it is written with streaming
+// stores, which do not first read every cache line they fill (the plain loop costs half again as much).
+void paint_labels(const uint8_t* marks, int64_t pixels, int64_t ignore_index, int64_t* labels) {
+  const std::array<int64_t, 4> label_of_mark{ignore_index, 1, 0, ignore_index};
+  int64_t i = 0;
+#if defined(__SSE2__)
+  for (; i < pixels && reinterpret_cast<uintptr_t>(labels + i) % 16 != 0; ++i) labels[i] = label_of_mark[marks[i]];
+  for (; i + 2 <= pixels; i += 2) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(labels + i),
+                     _mm_set_epi64x(label_of_mark[marks[i + 1]], label_of_mark[marks[i]]));
+  }
+  _mm_sfence();
+#endif
+  for (; i < pixels; ++i) labels[i] = label_of_mark[marks[i]];
+}
+
 // Per-thread working arrays, kept between frames and calls.
 struct Scratch {
   std::vector<int32_t> fg, bg;
@@ -482,11 +503,7 @@ at::Tensor seed_labels_cpu(const at::Tensor& maps, const at::Tensor& roi, double
   int64_t* out = labels.data_ptr<int64_t>();
   const int64_t frame_size = maps.size(1) * maps.size(2);
   for_each_frame_marks(maps, roi, settings, [&](int64_t frame, const uint8_t* marks) {
-    int64_t* frame_labels = out + frame * frame_size;
-    std::fill_n(frame_labels, frame_size, ignore_index);
-    for_each_seed(marks, frame_size, [frame_labels](int64_t pixel, uint8_t mark) {
-      frame_labels[pixel] = mark == kForegroundBit;
-    });
+    paint_labels(marks, frame_size, ignore_index, out + frame * frame_size);
   });
   return labels;
 }
