@@ -63,6 +63,7 @@ constexpr float kWeightFloor = 1e-8f;
 constexpr uint8_t kForegroundBit = 1;
 constexpr uint8_t kBackgroundBit = 2;
 constexpr int64_t kProposalsPerDraw = 8;
+constexpr uint64_t kLowBits = 0x0101010101010101ULL;  // bit 0 of each byte of a word of eight flags or marks
 
 uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
@@ -259,21 +260,22 @@ void flag_regions(const T* values, const bool* roi, int64_t pixels, const Cut<T>
   flag_span<T, false, false>(values, roi, second, pixels, fg.value, bg.value, flags);
 }
 
+// Calls visit(base + k) for each byte lane k (0-7) of `lanes` that is not zero, in order.
+template <typename Visit>
+void for_each_lane(uint64_t lanes, int64_t base, Visit visit) {
+  for (; lanes != 0; lanes &= lanes - 1) visit(base + (std::countr_zero(lanes) >> 3));
+}
+
 // The pixels of each region (flag bit 0: foreground, bit 1: background), in raster order, eight flags at a
 // time (zero words skipped). Returns the two counts.
 std::pair<int64_t, int64_t> list_regions(const uint8_t* flags, int64_t pixels, int32_t* fg, int32_t* bg) {
-  constexpr uint64_t kLowBits = 0x0101010101010101ULL;
   int64_t fg_size = 0, bg_size = 0, i = 0;
   for (; i + 8 <= pixels; i += 8) {
     uint64_t word;
     std::memcpy(&word, flags + i, 8);
     if (word == 0) continue;
-    for (uint64_t bits = word & kLowBits; bits != 0; bits &= bits - 1) {
-      fg[fg_size++] = static_cast<int32_t>(i + (std::countr_zero(bits) >> 3));
-    }
-    for (uint64_t bits = (word >> 1) & kLowBits; bits != 0; bits &= bits - 1) {
-      bg[bg_size++] = static_cast<int32_t>(i + (std::countr_zero(bits) >> 3));
-    }
+    for_each_lane(word & kLowBits, i, [&](int64_t pixel) { fg[fg_size++] = static_cast<int32_t>(pixel); });
+    for_each_lane((word >> 1) & kLowBits, i, [&](int64_t pixel) { bg[bg_size++] = static_cast<int32_t>(pixel); });
   }
   for (; i < pixels; ++i) {
     if (flags[i] & kForegroundBit) fg[fg_size++] = static_cast<int32_t>(i);
@@ -343,15 +345,11 @@ struct FrameSeeds {
 // order, eight marks at a time (unmarked stretches cost one test per eight pixels).
 template <typename Emit>
 void for_each_seed(const uint8_t* marks, int64_t pixels, Emit emit) {
-  constexpr uint64_t kLowBits = 0x0101010101010101ULL;
   int64_t i = 0;
   for (; i + 8 <= pixels; i += 8) {
     uint64_t word;
     std::memcpy(&word, marks + i, 8);
-    for (uint64_t one_kind = (word ^ (word >> 1)) & kLowBits; one_kind != 0; one_kind &= one_kind - 1) {
-      const int64_t pixel = i + (std::countr_zero(one_kind) >> 3);
-      emit(pixel, marks[pixel]);
-    }
+    for_each_lane((word ^ (word >> 1)) & kLowBits, i, [&](int64_t pixel) { emit(pixel, marks[pixel]); });
   }
   for (; i < pixels; ++i) {
     if (marks[i] == kForegroundBit || marks[i] == kBackgroundBit) emit(i, marks[i]);
