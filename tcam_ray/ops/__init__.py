@@ -11,7 +11,8 @@ from tcam_ray.ops.build_info import build_info
 
 _LAZY = {
     "PAPER_OP_SCALE": "crf", "dense_crf_energies": "crf", "dense_crf_energy": "crf", "permutohedral_filter": "crf",
-    "exact_dense_crf_energy": "crf_reference", "exact_gaussian_filter": "crf_reference", "seed_labels": "seeds", "seed_pixels": "seeds",
+    "exact_dense_crf_energy": "crf_reference", "exact_gaussian_filter": "crf_reference",
+    "seed_labels": "seeds", "seed_pixels": "seeds",
 }
 
 __all__ = [

@@ -90,7 +90,8 @@ def import_extension() -> ModuleType:
         return importlib.import_module(EXTENSION)
     except ImportError as error:
         raise OpBuildError(
-            f"The compiled ops ({EXTENSION}) are not built or cannot be loaded: {error}. Rebuild it with: {REBUILD_COMMAND}"
+            f"The compiled ops ({EXTENSION}) are not built or cannot be loaded: {error}. "
+            f"Rebuild it with: {REBUILD_COMMAND}"
         ) from error
 
 
